@@ -1,0 +1,5 @@
+import sys
+
+from crossfuse.cli.main import main
+
+sys.exit(main())

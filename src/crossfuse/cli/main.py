@@ -1,0 +1,153 @@
+"""The `crossfuse` command line: train, evaluate, predict, validate, list, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from crossfuse.errors import CrossfuseError
+
+log = logging.getLogger("crossfuse")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crossfuse", description="Cross-modal fusion: train, evaluate and apply "
+                                "models over image, text and tabular data.")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", type=Path)
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. fusion.name=attention")
+    t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.safetensors")
+
+    e = sub.add_parser("evaluate", help="score a saved model on a labelled manifest")
+    e.add_argument("model", type=Path, help="model directory (config.json + model.safetensors)")
+    e.add_argument("manifest", type=Path)
+    e.add_argument("--out", type=Path, help="report directory (default: MODEL/../eval-MANIFEST)")
+    _run_options(e)
+
+    r = sub.add_parser("predict", help="write predictions for a manifest to CSV")
+    r.add_argument("model", type=Path)
+    r.add_argument("manifest", type=Path)
+    r.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    _run_options(r)
+
+    v = sub.add_parser("validate", help="check a config and its manifest without training")
+    v.add_argument("config", type=Path)
+    v.add_argument("overrides", nargs="*")
+
+    ls = sub.add_parser("list", help="list registered encoders and fusion methods")
+    ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*net*'")
+
+    d = sub.add_parser("demo", help="build the digits demo and compare single modalities with fusion")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--data", type=Path, default=Path("data/demo"))
+    d.add_argument("--epochs", type=int)
+    return p
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-bad-item", choices=["error", "skip", "missing"], default="error")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", force=True)
+    try:
+        return COMMANDS[args.command](args)
+    except CrossfuseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args) -> int:
+    from crossfuse.config import load_config
+    from crossfuse.engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    m = result.metrics
+    headline = {k: round(m[k], 4) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse", "r2")
+                if isinstance(m.get(k), float)}
+    print(f"model: {result.model_dir}\nreport: {result.output_dir / 'summary.md'}\ntest: {json.dumps(headline)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from crossfuse.engine import read_and_evaluate
+
+    out = args.out or args.model.parent / f"eval-{args.manifest.stem}"
+    m = read_and_evaluate(args.model, args.manifest, out, args.on_bad_item, args.batch_size, args.num_workers)
+    print((out / "summary.md").read_text())
+    print(f"report: {out}")
+    return 0 if m else 1
+
+
+def cmd_predict(args) -> int:
+    from crossfuse.engine import read_and_predict
+
+    result = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
+                              args.num_workers)
+    print(f"wrote {len(result)} predictions to {args.out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from crossfuse.config import load_config
+    from crossfuse.engine.pipeline import load_table, resolve_config, validate_data
+
+    cfg = load_config(args.config, args.overrides)
+    df, base_dir, file = load_table(cfg)
+    cfg = resolve_config(cfg, df)
+    _, problems = validate_data(cfg, df, base_dir, file)
+    for m, mc in cfg.modalities.items():
+        print(f"modality {m}: {mc.kind} {mc.columns} -> encoder {mc.encoder.name}")
+    print(f"fusion: {cfg.fusion.name}; task: {cfg.data.task}; rows: {len(df)}")
+    if problems:
+        print(f"{len(problems)} problem(s):")
+        for p in problems:
+            print(f"  - {p}")
+        print(f"on_bad_item={cfg.data.on_bad_item}: training would "
+              + {"error": "stop", "skip": "skip those rows",
+                 "missing": "treat the bad cells as missing"}[cfg.data.on_bad_item])
+        return 1
+    print("config and manifest OK")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from crossfuse import ENCODERS, FUSIONS
+
+    for title, reg in (("encoders", ENCODERS), ("fusion methods", FUSIONS)):
+        print(f"{title}:")
+        for name in reg.names(args.pattern):
+            cls = reg.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            kind = f"[{cls.modality}] " if getattr(cls, "modality", "") else ""
+            print(f"  {name:<22}{kind}{doc}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from crossfuse.demo import comparison_table, run_demo
+
+    rows = run_demo(args.out, args.data, epochs=args.epochs)
+    print(comparison_table(rows))
+    print(f"\nreports: {args.out}/*/summary.md; comparison: {args.out}/comparison.md, {args.out}/comparison.png")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "validate": cmd_validate,
+            "list": cmd_list, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Configuration: dataclasses, YAML loading, overrides and validation."""
+from crossfuse.config.io import apply_overrides, load_config, load_yaml, parse_config, save_yaml
+from crossfuse.config.schema import (
+    Component,
+    Config,
+    DataConfig,
+    EarlyStoppingConfig,
+    HeadConfig,
+    ModalityConfig,
+    SplitConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "Component", "Config", "DataConfig", "EarlyStoppingConfig", "HeadConfig", "ModalityConfig",
+    "SplitConfig", "TrainConfig", "apply_overrides", "load_config", "load_yaml", "parse_config",
+    "save_yaml",
+]

@@ -1,0 +1,122 @@
+"""Load configs from YAML, apply ``key.sub=value`` overrides, check values before any work."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable, List
+
+import yaml
+
+from crossfuse.config.schema import Config, from_dict
+from crossfuse.errors import ConfigError
+
+
+def load_yaml(path: str | Path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    manifest = (data.get("data") or {}).get("manifest")
+    if isinstance(manifest, str) and not Path(manifest).is_absolute():
+        # relative manifest paths are relative to the config file, like includes in most tools
+        candidate = (path.parent / manifest)
+        if candidate.exists() or not Path(manifest).exists():
+            data.setdefault("data", {})["manifest"] = str(candidate)
+    return data
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    data = copy.deepcopy(data)
+    problems: List[str] = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"Override '{item}' must look like key.sub=value")
+            continue
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+            if not isinstance(node[part], dict):
+                problems.append(f"Override '{item}': '{part}' is not a mapping")
+                break
+            node = node[part]
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def parse_config(data: Dict[str, Any]) -> Config:
+    """Convert a dict to a Config and check every value; raises ConfigError listing all problems."""
+    problems: List[str] = []
+    cfg = from_dict(Config, data, "", problems)
+    if cfg is not None:
+        try:
+            problems += check_values(cfg)
+        except (AttributeError, TypeError):
+            pass  # a section had the wrong type; that problem is already listed
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    return parse_config(apply_overrides(load_yaml(path), overrides))
+
+
+def check_values(cfg: Config) -> List[str]:
+    """Range and consistency checks that types alone cannot express."""
+    p: List[str] = []
+    t = cfg.train
+    for name, m in (cfg.modalities or {}).items():
+        if m is None:
+            continue
+        if not m.columns:
+            p.append(f"'modalities.{name}.columns' must name at least one column")
+        if m.kind in ("image", "text") and m.columns and len(m.columns) != 1:
+            p.append(f"'modalities.{name}.columns' must name exactly one column for a {m.kind} modality")
+    checks = [
+        (lambda: t.epochs >= 1, f"'train.epochs' must be an int >= 1. Got {t.epochs}."),
+        (lambda: t.batch_size >= 1, f"'train.batch_size' must be an int >= 1. Got {t.batch_size}."),
+        (lambda: t.lr > 0, f"'train.lr' must be > 0. Got {t.lr}."),
+        (lambda: t.weight_decay >= 0, f"'train.weight_decay' must be >= 0. Got {t.weight_decay}."),
+        (lambda: 0 <= t.momentum < 1, f"'train.momentum' must be in [0, 1). Got {t.momentum}."),
+        (lambda: t.warmup_epochs >= 0, f"'train.warmup_epochs' must be >= 0. Got {t.warmup_epochs}."),
+        (lambda: t.grad_clip is None or t.grad_clip > 0, f"'train.grad_clip' must be > 0 or null. Got {t.grad_clip}."),
+        (lambda: t.num_workers >= 0, f"'train.num_workers' must be >= 0. Got {t.num_workers}."),
+        (lambda: t.early_stopping.patience >= 1, f"'train.early_stopping.patience' must be >= 1. Got {t.early_stopping.patience}."),
+        (lambda: 0 <= cfg.head.dropout < 1, f"'head.dropout' must be in [0, 1). Got {cfg.head.dropout}."),
+        (lambda: all(h >= 1 for h in cfg.head.hidden), f"'head.hidden' sizes must be >= 1. Got {cfg.head.hidden}."),
+        (lambda: 0 <= cfg.data.split.val_size < 1, f"'data.split.val_size' must be in [0, 1). Got {cfg.data.split.val_size}."),
+        (lambda: 0 <= cfg.data.split.test_size < 1, f"'data.split.test_size' must be in [0, 1). Got {cfg.data.split.test_size}."),
+        (lambda: cfg.data.split.val_size + cfg.data.split.test_size < 1, "'data.split.val_size' + 'data.split.test_size' must be < 1."),
+    ]
+    p += [msg for ok, msg in checks if not _safe(ok)]
+    precisions = {"auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
+    if t.precision not in precisions:
+        p.append(f"'train.precision' must be one of {', '.join(sorted(precisions))}. Got {t.precision!r}.")
+    return p
+
+
+def _safe(ok: Any) -> bool:
+    try:
+        return bool(ok())
+    except Exception:
+        return False
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,221 @@
+"""The configuration: plain dataclasses, converted from dicts with every problem reported at once."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Union
+
+MODALITY_KINDS = ("image", "text", "tabular")
+TASKS = ("auto", "classification", "regression")
+BAD_ITEM_POLICIES = ("error", "skip", "missing")
+
+
+@dataclass
+class Component:
+    """A registry entry by name plus its constructor parameters (``{name: gru, hidden: 128}``)."""
+
+    name: str
+    params: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+@dataclass
+class SplitConfig:
+    column: Optional[str] = "split"  # values train/val/test; when absent a stratified split is made
+    val_size: float = 0.15
+    test_size: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    manifest: Optional[str] = None
+    target: Optional[str] = "label"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    id_column: Optional[str] = None
+    on_bad_item: Literal["error", "skip", "missing"] = "error"
+    check_files: bool = True  # open every file during validation (catches corrupt images early)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class ModalityConfig:
+    kind: Literal["image", "text", "tabular"]
+    columns: List[str]
+    encoder: Component
+    processor: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HeadConfig:
+    hidden: List[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.1
+
+
+@dataclass
+class EarlyStoppingConfig:
+    metric: Optional[str] = None  # None: f1_macro for classification, rmse for regression
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # SGD only
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10  # step scheduler: epochs between decays
+    gamma: float = 0.1
+    grad_clip: Optional[float] = 1.0
+    precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
+    seed: int = 0
+    class_weights: Literal["none", "balanced"] = "none"
+    sampler: Literal["random", "balanced"] = "random"
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    progress: bool = True
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class Config:
+    modalities: Dict[str, ModalityConfig] = field(default_factory=dict)  # empty: inferred from the manifest
+    data: DataConfig = field(default_factory=DataConfig)
+    fusion: Component = field(default_factory=lambda: Component("concat"))
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/latest"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_dict(self)
+
+
+def to_dict(obj: Any) -> Any:
+    if isinstance(obj, Component):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type, data: Any, path: str, problems: List[str]) -> Any:
+    """Build ``cls`` from ``data``; append every problem found to ``problems`` (path-qualified)."""
+    return _convert(cls, data, path, problems)
+
+
+def _convert(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is Component:
+        return _component(value, path, problems)
+    if dataclasses.is_dataclass(tp):
+        return _dataclass(tp, value, path, problems)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options:  # first option that converts cleanly wins
+            trial: List[str] = []
+            out = _convert(option, value, path, trial)
+            if not trial:
+                return out
+        problems.append(f"'{path}' must be {_describe(tp)}. Got {value!r}.")
+        return None
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"'{path}' must be one of {', '.join(map(str, args))}. Got {value!r}.{hint}")
+        return value
+    if origin in (list, List):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single column name is a list of one
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"'{path}' must be a list. Got {value!r}.")
+            return []
+        return [_convert(args[0], v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            problems.append(f"'{path}' must be a mapping. Got {value!r}.")
+            return {}
+        return {k: _convert(args[1], v, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"'{path}' must be true or false. Got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"'{path}' must be an integer. Got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"'{path}' must be a number. Got {value!r}.")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"'{path}' must be a string. Got {value!r}.")
+        return value
+    return value
+
+
+def _dataclass(cls: type, value: Any, path: str, problems: List[str]) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.append(f"'{path or 'config'}' must be a mapping. Got {value!r}.")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, item in value.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"Unknown key '{sub}'.{hint} Known: {', '.join(fields)}")
+            continue
+        kwargs[key] = _convert(hints[key], item, sub, problems)
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in kwargs:
+            problems.append(f"'{path + '.' if path else ''}{name}' is required.")
+            kwargs[name] = None
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        problems.append(f"'{path}': {exc}")
+        return None
+
+
+def _component(value: Any, path: str, problems: List[str]) -> Optional[Component]:
+    if isinstance(value, str):
+        return Component(value)
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        problems.append(f"'{path}' must be a name or a mapping with a 'name' key. Got {value!r}.")
+        return None
+    params = {k: v for k, v in value.items() if k != "name"}
+    return Component(value["name"], params)
+
+
+def _describe(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    names = [getattr(a, "__name__", str(a)) for a in args]
+    return " or ".join(names) + (" or null" if type(None) in typing.get_args(tp) else "")

@@ -1,0 +1,15 @@
+"""Per-modality processors; ``PROCESSORS`` maps a modality kind to its class."""
+from crossfuse.data.processors.base import Processor
+from crossfuse.data.processors.image import ImageProcessor
+from crossfuse.data.processors.tabular import TabularProcessor
+from crossfuse.data.processors.text import TextProcessor
+
+PROCESSORS = {"image": ImageProcessor, "text": TextProcessor, "tabular": TabularProcessor}
+
+
+def processor_from_state(state) -> Processor:
+    return PROCESSORS[state["kind"]].from_state(state)
+
+
+__all__ = ["PROCESSORS", "Processor", "ImageProcessor", "TabularProcessor", "TextProcessor",
+           "processor_from_state"]

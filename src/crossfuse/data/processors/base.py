@@ -1,0 +1,60 @@
+"""The processor contract: per-modality loading, checks, collation and JSON-serialisable state."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+import torch
+
+CellProblem = Tuple[int, str, str]  # (row position, column, message)
+
+
+class Processor:
+    """Turns a manifest row's cells into encoder input for one modality.
+
+    Lifecycle: ``fit`` on the training rows, ``configure`` with the built encoder (image size,
+    tokenizer), then ``load`` per item in DataLoader workers and ``collate`` per batch.
+    ``load`` returns None for a missing or unreadable item; ``collate`` turns those into fill
+    values and a False in the presence mask.
+    """
+
+    kind: str = ""
+
+    def __init__(self, columns: Sequence[str], **params: Any):
+        self.columns = list(columns)
+        self.params = dict(params)
+
+    def fit(self, df: pd.DataFrame, base_dir: Path, wants_tokenizer: bool = False) -> None:
+        """Learn state from the training rows (vocabularies, statistics)."""
+
+    def configure(self, encoder: Any) -> None:
+        """Adopt what the built encoder dictates (input size, normalisation, tokenizer)."""
+
+    def encoder_kwargs(self) -> Dict[str, Any]:
+        """Constructor arguments the encoder needs from the fitted state (vocabulary sizes...)."""
+        return {}
+
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+        raise NotImplementedError
+
+    def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[Any]:
+        raise NotImplementedError
+
+    def collate(self, items: List[Optional[Any]]) -> Tuple[Any, torch.Tensor]:
+        raise NotImplementedError
+
+    def state(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "columns": self.columns, "params": self.params}
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "Processor":
+        return cls(state["columns"], **state["params"])
+
+
+def is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN
+        return True
+    return isinstance(value, str) and not value.strip()

@@ -1,0 +1,107 @@
+"""Image processor: decode, resize, normalise with the backbone's mean/std, augment when training."""
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+
+
+def resolve_path(value: Any, base_dir: Path) -> Path:
+    p = Path(str(value))
+    return p if p.is_absolute() else base_dir / p
+
+
+def open_image(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()  # decode fully: truncated files fail here, not mid-epoch
+        return img.convert("RGB")
+
+
+class ImageProcessor(Processor):
+    """Params: ``size`` (int), ``mean``/``std`` (3 floats), default from the encoder's data config;
+    ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees}.
+    """
+
+    kind = "image"
+
+    def configure(self, encoder: Any) -> None:
+        dc = getattr(encoder, "data_config", None) or {}
+        self.params.setdefault("size", int(dc.get("input_size", [3, 224, 224])[-1]))
+        self.params.setdefault("mean", list(dc.get("mean", [0.485, 0.456, 0.406])))
+        self.params.setdefault("std", list(dc.get("std", [0.229, 0.224, 0.225])))
+        self.params.setdefault("augment", {})
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+        problems: List[CellProblem] = []
+        todo = []
+        for pos, value in enumerate(df[self.column].tolist()):
+            if is_blank(value):
+                problems.append((pos, self.column, "no image path"))
+                continue
+            path = resolve_path(value, base_dir)
+            if not path.is_file():
+                problems.append((pos, self.column, f"image file not found: {path}"))
+            elif open_files:
+                todo.append((pos, path))
+
+        def probe(item):
+            pos, path = item
+            try:
+                open_image(path)
+                return None
+            except Exception as exc:  # PIL raises many types for bad files
+                return (pos, self.column, f"cannot read image {path}: {type(exc).__name__}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            problems += [p for p in pool.map(probe, todo) if p is not None]
+        return sorted(problems)
+
+    def _transform(self, train: bool):
+        from torchvision.transforms import v2
+
+        size = self.params["size"]
+        aug = self.params.get("augment") or {}
+        steps: list = [v2.ToImage()]
+        if train and aug.get("crop"):
+            steps.append(v2.RandomResizedCrop(size, scale=(float(aug["crop"]), 1.0), antialias=True))
+        else:
+            steps.append(v2.Resize((size, size), antialias=True))
+        if train and aug.get("hflip"):
+            steps.append(v2.RandomHorizontalFlip())
+        if train and aug.get("rotation"):
+            steps.append(v2.RandomRotation(float(aug["rotation"])))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.params["mean"], self.params["std"])]
+        return v2.Compose(steps)
+
+    def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
+        value = row[self.column]
+        if is_blank(value):
+            return None
+        key = "_train_tf" if train else "_eval_tf"
+        if not hasattr(self, key):
+            setattr(self, key, self._transform(train))
+        try:
+            return getattr(self, key)(open_image(resolve_path(value, base_dir)))
+        except Exception as exc:  # the file changed after validation: treat as missing, do not crash
+            warnings.warn(f"{value}: unreadable image treated as missing ({exc})")
+            return None
+
+    def collate(self, items: List[Optional[torch.Tensor]]):
+        size = self.params["size"]
+        mask = torch.tensor([x is not None for x in items])
+        fill = torch.zeros(3, size, size)
+        return torch.stack([fill if x is None else x for x in items]), mask
+
+    def __getstate__(self):  # transforms are rebuilt lazily in each worker
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_tf")}

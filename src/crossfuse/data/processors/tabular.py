@@ -1,0 +1,111 @@
+"""Tabular processor: standardised numerics with median imputation and categorical vocabularies."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+
+
+class TabularProcessor(Processor):
+    """Params: ``categorical`` lists columns to treat as categories even when numeric.
+
+    Fitted state: per numeric column mean, std and median (the imputation value); per
+    categorical column its vocabulary (index 0 is "unknown or missing").
+    """
+
+    kind = "tabular"
+
+    def __init__(self, columns, numeric: Optional[Dict[str, Dict[str, float]]] = None,
+                 categorical_vocab: Optional[Dict[str, List[str]]] = None, **params):
+        super().__init__(columns, **params)
+        self.numeric = numeric or {}
+        self.categorical_vocab = categorical_vocab or {}
+        self._index = {c: {v: i + 1 for i, v in enumerate(vocab)} for c, vocab in self.categorical_vocab.items()}
+
+    def _is_numeric(self, df: pd.DataFrame, col: str) -> bool:
+        if col in (self.params.get("categorical") or []):
+            return False
+        if pd.api.types.is_bool_dtype(df[col]):
+            return False
+        if pd.api.types.is_numeric_dtype(df[col]):
+            return True
+        # a numeric column with a few typos is still numeric: its bad cells get reported
+        values = [v for v in df[col].tolist() if not is_blank(v)]
+        return bool(values) and sum(_finite(v) for v in values) >= 0.9 * len(values)
+
+    def fit(self, df: pd.DataFrame, base_dir: Path, wants_tokenizer: bool = False) -> None:
+        self.numeric, self.categorical_vocab = {}, {}
+        for col in self.columns:
+            if self._is_numeric(df, col):
+                x = pd.to_numeric(df[col], errors="coerce").astype(float)
+                x = x[np.isfinite(x)]
+                mean = float(x.mean()) if len(x) else 0.0
+                std = float(x.std(ddof=0)) if len(x) > 1 else 1.0
+                self.numeric[col] = {"mean": mean, "std": std if std > 1e-12 else 1.0,
+                                     "median": float(x.median()) if len(x) else 0.0}
+            else:
+                values = sorted({str(v) for v in df[col].tolist() if not is_blank(v)})
+                self.categorical_vocab[col] = values
+        self._index = {c: {v: i + 1 for i, v in enumerate(vocab)} for c, vocab in self.categorical_vocab.items()}
+
+    def encoder_kwargs(self) -> Dict[str, Any]:
+        return {"n_numeric": len(self.numeric),
+                "cardinalities": [len(v) + 1 for v in self.categorical_vocab.values()]}
+
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+        problems: List[CellProblem] = []
+        for col in self.columns:
+            numeric = col in self.numeric if self.numeric or self.categorical_vocab else self._is_numeric(df, col)
+            for pos, v in enumerate(df[col].tolist()):
+                if is_blank(v):
+                    problems.append((pos, col, "missing value (NaN)"))
+                elif numeric and not _finite(v):
+                    problems.append((pos, col, f"not a finite number: {v!r}"))
+        return sorted(problems)
+
+    def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[Dict[str, np.ndarray]]:
+        if all(is_blank(row[c]) for c in self.columns):
+            return None
+        num = np.array([((_num(row[c]) if _finite(row[c]) else s["median"]) - s["mean"]) / s["std"]
+                        for c, s in self.numeric.items()], dtype=np.float32)
+        cat = np.array([self._index[c].get(str(row[c]), 0) if not is_blank(row[c]) else 0
+                        for c in self.categorical_vocab], dtype=np.int64)
+        return {"numeric": num, "categorical": cat}
+
+    def collate(self, items):
+        mask = torch.tensor([x is not None for x in items])
+        n_num, n_cat = len(self.numeric), len(self.categorical_vocab)
+        num = torch.zeros(len(items), n_num)
+        cat = torch.zeros(len(items), n_cat, dtype=torch.long)
+        for r, x in enumerate(items):
+            if x is not None:
+                num[r] = torch.from_numpy(x["numeric"])
+                cat[r] = torch.from_numpy(x["categorical"])
+        return {"numeric": num, "categorical": cat}, mask
+
+    def state(self) -> Dict[str, Any]:
+        s = super().state()
+        s.update(numeric=self.numeric, categorical_vocab=self.categorical_vocab)
+        return s
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "TabularProcessor":
+        return cls(state["columns"], numeric=state["numeric"], categorical_vocab=state["categorical_vocab"],
+                   **state["params"])
+
+
+def _num(v: Any) -> float:
+    return float(v)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,95 @@
+"""Text processor: a tokenizer trained on the training text, or the pretrained encoder's own."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+import torch
+
+from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+
+PAD, UNK = "[PAD]", "[UNK]"
+
+
+class TextProcessor(Processor):
+    """Params: ``max_length`` (128), ``vocab_size`` (8000), ``lowercase`` (true) for trained tokenizers.
+
+    State holds the tokenizer as its JSON text (``tokenizers`` format), never a pickle.
+    """
+
+    kind = "text"
+
+    def __init__(self, columns, tokenizer_json: Optional[str] = None, **params):
+        super().__init__(columns, **params)
+        self.params.setdefault("max_length", 128)
+        self.tokenizer = None
+        if tokenizer_json is not None:
+            from tokenizers import Tokenizer
+
+            self._set(Tokenizer.from_str(tokenizer_json))
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+    def fit(self, df: pd.DataFrame, base_dir: Path, wants_tokenizer: bool = False) -> None:
+        if not wants_tokenizer or self.tokenizer is not None:
+            return
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if self.params.get("lowercase", True) else [])
+        tok.normalizer = normalizers.Sequence(norm)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=int(self.params.get("vocab_size", 8000)),
+                                            special_tokens=[PAD, UNK], show_progress=False)
+        texts = [str(t) for t in df[self.column].tolist() if not is_blank(t)]
+        tok.train_from_iterator(texts, trainer=trainer)
+        self._set(tok)
+
+    def configure(self, encoder: Any) -> None:
+        if getattr(encoder, "provides_tokenizer", False) and self.tokenizer is None:
+            self._set(encoder.tokenizer())
+        if hasattr(encoder, "max_length"):
+            self.params["max_length"] = min(int(self.params["max_length"]), int(encoder.max_length))
+
+    def _set(self, tok) -> None:
+        pad_id = tok.token_to_id(PAD)
+        if pad_id is None:
+            pad_id = tok.token_to_id("<pad>") or 0
+        tok.no_padding()
+        tok.no_truncation()
+        self.tokenizer, self.pad_id = tok, int(pad_id)
+
+    def encoder_kwargs(self) -> Dict[str, Any]:
+        return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id}
+
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+        return [(pos, self.column, "empty text") for pos, v in enumerate(df[self.column].tolist()) if is_blank(v)]
+
+    def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[str]:
+        value = row[self.column]
+        return None if is_blank(value) else str(value)
+
+    def collate(self, items: List[Optional[str]]):
+        mask = torch.tensor([x is not None for x in items])
+        max_len = int(self.params["max_length"])
+        encs = self.tokenizer.encode_batch([x or "" for x in items])
+        ids = [e.ids[:max_len] if present else [] for e, present in zip(encs, mask.tolist())]
+        width = max(1, max(len(i) for i in ids))
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, seq in enumerate(ids):
+            input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention[r, : len(seq)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention}, mask
+
+    def state(self) -> Dict[str, Any]:
+        s = super().state()
+        s["tokenizer_json"] = self.tokenizer.to_str() if self.tokenizer is not None else None
+        return s
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "TextProcessor":
+        return cls(state["columns"], tokenizer_json=state.get("tokenizer_json"), **state["params"])

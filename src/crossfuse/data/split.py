@@ -1,0 +1,47 @@
+"""Train/val/test splits: from a split column when the manifest has one, else stratified."""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from crossfuse.config.schema import SplitConfig
+from crossfuse.data.manifest import SPLIT_NAMES
+from crossfuse.errors import DataError, Problem
+
+log = logging.getLogger(__name__)
+
+
+def split_frame(df: pd.DataFrame, cfg: SplitConfig, target: Optional[str], stratify: bool,
+                file: str = "manifest") -> Dict[str, pd.DataFrame]:
+    if cfg.column and cfg.column in df.columns:
+        names = df[cfg.column].astype(str).str.strip().str.lower()
+        bad = [Problem(file, f"unknown split {v!r}; use train, val or test", pos, cfg.column)
+               for pos, v in zip(range(len(df)), df[cfg.column].tolist()) if names.iloc[pos] not in SPLIT_NAMES]
+        if bad:
+            raise DataError(bad)
+        canon = names.map(SPLIT_NAMES)
+        parts = {s: df[canon.values == s] for s in ("train", "val", "test")}
+    else:
+        parts = _random_split(df, cfg, target, stratify)
+    if len(parts["train"]) == 0:
+        raise DataError([Problem(file, "the training split is empty")])
+    return parts
+
+
+def _random_split(df, cfg, target, stratify) -> Dict[str, pd.DataFrame]:
+    def split(frame, size, seed):
+        if size <= 0 or len(frame) < 2:
+            return frame, frame.iloc[:0]
+        strat = frame[target] if (stratify and target) else None
+        if strat is not None and (strat.value_counts().min() < 2 or round(size * len(frame)) < strat.nunique()):
+            log.warning("Some classes are too small to stratify the split; splitting at random instead")
+            strat = None
+        return train_test_split(frame, test_size=size, random_state=seed, stratify=strat)
+
+    rest, test = split(df, cfg.test_size, cfg.seed)
+    val_share = cfg.val_size / (1 - cfg.test_size) if cfg.test_size < 1 else 0
+    train, val = split(rest, val_share, cfg.seed + 1)
+    return {"train": train.sort_index(), "val": val.sort_index(), "test": test.sort_index()}

@@ -1,0 +1,91 @@
+"""Check a manifest before any work: every problem with file, row and column, all at once.
+
+The ``on_bad_item`` policy then decides: ``error`` stops with the full list, ``skip`` drops the
+affected rows (and says how many), ``missing`` keeps them with the bad cells treated as missing
+modalities (numeric cells are imputed). Rows with an unusable target are dropped under both
+``skip`` and ``missing``; problems with whole columns always stop.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from crossfuse.data.processors import Processor
+from crossfuse.data.processors.base import is_blank
+from crossfuse.errors import DataError, Problem
+
+log = logging.getLogger(__name__)
+POLICY_HINT = ("Fix these rows, or set data.on_bad_item=skip (drop them) or data.on_bad_item=missing "
+               "(treat bad cells as missing modalities).")
+
+
+def check_columns(df: pd.DataFrame, processors: Mapping[str, Processor], file: str,
+                  target: Optional[str]) -> None:
+    """Raise a DataError naming every configured column the manifest lacks."""
+    available = ", ".join(map(str, df.columns))
+    problems = [Problem(file, f"column not found (modality '{m}'); columns are: {available}", column=c)
+                for m, p in processors.items() for c in p.columns if c not in df.columns]
+    if target is not None and target not in df.columns:
+        problems.append(Problem(file, f"target column not found; columns are: {available}", column=target))
+    if problems:
+        raise DataError(problems)
+
+
+def find_problems(df: pd.DataFrame, processors: Mapping[str, Processor], file: str, base_dir: Path,
+                  target: Optional[str], task: str, labels: Optional[Sequence[str]] = None,
+                  open_files: bool = True) -> List[Problem]:
+    """Every cell-level problem of the manifest, sorted by row."""
+    problems: List[Problem] = []
+    for name, proc in processors.items():
+        problems += [Problem(file, msg, pos, col, name) for pos, col, msg in proc.check(df, base_dir, open_files)]
+    if target is not None and target in df.columns:
+        known = None if labels is None else {str(l) for l in labels}
+        for pos, v in enumerate(df[target].tolist()):
+            if is_blank(v):
+                problems.append(Problem(file, "missing target value", pos, target))
+            elif task == "regression" and not _is_number(v):
+                problems.append(Problem(file, f"regression target is not a number: {v!r}", pos, target))
+            elif known is not None and task == "classification" and label_str(v) not in known:
+                problems.append(Problem(file, f"unknown label {v!r}; the model knows: {', '.join(sorted(known))}",
+                                        pos, target))
+    return sorted(problems, key=lambda p: (p.row if p.row is not None else -1, p.column or ""))
+
+
+def apply_policy(df: pd.DataFrame, problems: List[Problem], policy: str, target: Optional[str]
+                 ) -> Tuple[pd.DataFrame, Dict[str, int]]:
+    """Apply ``on_bad_item``; returns the rows to use and counts of what was done."""
+    if not problems:
+        return df, {"skipped": 0, "cells_missing": 0}
+    if policy == "error":
+        raise DataError(problems, hint=POLICY_HINT)
+    if policy == "skip":
+        drop = {p.row for p in problems}
+    else:  # missing: only rows whose target is unusable go
+        drop = {p.row for p in problems if p.column == target and p.modality is None}
+    kept = df.drop(index=df.index[sorted(drop)]) if drop else df
+    report = {"skipped": len(drop), "cells_missing": 0 if policy == "skip" else len(problems) - len(
+        [p for p in problems if p.row in drop])}
+    if drop:
+        log.warning("on_bad_item=%s: skipped %d of %d rows with problems (first: %s)", policy, len(drop), len(df),
+                    next(p for p in problems if p.row in drop))
+    if report["cells_missing"]:
+        log.warning("on_bad_item=missing: %d bad cells are treated as missing", report["cells_missing"])
+    return kept, report
+
+
+def label_str(v) -> str:
+    """Labels are compared as strings; 3.0 read back from a CSV is the label '3'."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _is_number(v) -> bool:
+    try:
+        return np.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,72 @@
+"""The encoder contract and registry.
+
+An encoder turns one modality's batch input into a (batch, output_dim) tensor and reports
+``output_dim`` itself. Pretrained encoders can be frozen (``trainable: false``) or partially
+unfrozen (``unfreeze_last: N`` trains only the last N blocks).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Dict, List, Optional
+
+from torch import nn
+
+from crossfuse.registry import Registry
+
+ENCODERS: Registry["Encoder"] = Registry("encoder")
+
+
+class Encoder(nn.Module):
+    modality: ClassVar[str] = ""
+    # True when the encoder brings its own tokenizer (pretrained text models)
+    provides_tokenizer: ClassVar[bool] = False
+    output_dim: int
+
+    def rebuild_kwargs(self) -> Dict[str, Any]:
+        """Constructor kwargs that rebuild this architecture with no external files.
+
+        Weights come from model.safetensors afterwards, so pretrained sources are left out.
+        """
+        return dict(self._init_kwargs)
+
+    # --- freezing -------------------------------------------------------------------------
+    def set_trainable(self, module: nn.Module, trainable: bool, unfreeze_last: Optional[int]) -> None:
+        """Freeze ``module`` unless ``trainable``; then unfreeze its last ``unfreeze_last`` blocks."""
+        self._frozen_module = None
+        if trainable and not unfreeze_last:
+            return
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if unfreeze_last:
+            blocks = parameter_blocks(module)
+            for name in blocks[-unfreeze_last:]:
+                for pname, p in module.named_parameters():
+                    if pname == name or pname.startswith(name + "."):
+                        p.requires_grad_(True)
+        else:
+            self._frozen_module = module
+            module.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        frozen = getattr(self, "_frozen_module", None)
+        if frozen is not None:
+            frozen.eval()  # a frozen backbone keeps its batch-norm statistics and no dropout
+        return self
+
+
+def parameter_blocks(module: nn.Module) -> List[str]:
+    """Names of the module's blocks in registration order.
+
+    A block is a parameter name cut after its first numeric part ("features.7", "encoder.layer.5",
+    "layer4.1"), or its first part when none is numeric ("embeddings", "fc").
+    """
+    blocks: List[str] = []
+    for name, _ in module.named_parameters():
+        parts = name.split(".")
+        cut = next((i for i, part in enumerate(parts[:-1]) if re.fullmatch(r"\d+", part)), None)
+        block = ".".join(parts[: cut + 1]) if cut is not None else parts[0]
+        if not blocks or blocks[-1] != block:
+            if block not in blocks:
+                blocks.append(block)
+    return blocks

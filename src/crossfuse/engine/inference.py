@@ -1,0 +1,43 @@
+"""Run a model over a data loader and gather outputs as numpy arrays."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from crossfuse.types import Batch
+
+
+@torch.inference_mode()
+def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.device, autocast=None,
+                    progress: bool = False, desc: str = "predict") -> Dict[str, Optional[np.ndarray]]:
+    """Logits, modality weights (if the fusion has them), presence masks, targets and item indices."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    logits, weights, targets, index, masks = [], [], [], [], []
+    for batch in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+        batch: Batch = batch.to(device)
+        with autocast or nullcontext():
+            out = model(batch)
+        logits.append(out.logits.float().cpu())
+        if out.weights is not None:
+            weights.append(out.weights.float().cpu())
+        if batch.target is not None:
+            targets.append(batch.target.cpu())
+        index.append(batch.index.cpu())
+        masks.append(torch.stack([batch.mask[m].cpu() for m in sorted(batch.mask)], 1))
+    model.train(was_training)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    return {"logits": cat(logits), "weights": cat(weights), "targets": cat(targets), "index": cat(index),
+            "mask": cat(masks)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)

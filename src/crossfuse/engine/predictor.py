@@ -1,0 +1,98 @@
+"""A trained model with its processors and target encoding: predict and evaluate on new rows."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems
+from crossfuse.engine.inference import collect_outputs, softmax
+from crossfuse.engine.report import write_report
+from crossfuse.engine.task import TaskSpec
+from crossfuse.models import FusionModel, load_model, save_model
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(self, model: FusionModel, processors: Mapping[str, Any], task: TaskSpec, meta: Dict[str, Any]):
+        self.model, self.processors, self.task, self.meta = model, dict(processors), task, meta
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Predictor":
+        model, processors, meta = load_model(path)
+        return cls(model, processors, TaskSpec.from_dict(meta["task"]), meta)
+
+    def save(self, path: str | Path) -> Path:
+        return save_model(path, self.model, self.processors, self.meta)
+
+    @property
+    def target(self) -> Optional[str]:
+        return self.meta.get("target")
+
+    def prepare(self, df: pd.DataFrame, base_dir: Path, file: str, with_target: bool, on_bad_item: str = "error",
+                open_files: bool = True):
+        """Check ``df`` against what the model expects; returns (rows to use, bad (row, modality) cells)."""
+        target = self.target if with_target else None
+        check_columns(df, self.processors, file, target)
+        problems = find_problems(df, self.processors, file, base_dir, target, self.task.kind,
+                                 labels=self.task.labels, open_files=open_files)
+        kept, _ = apply_policy(df, problems, on_bad_item, target)
+        missing = {(p.row, p.modality) for p in problems if p.modality and
+                   getattr(self.processors[p.modality], "kind", "") in ("image", "text")}
+        return kept, missing
+
+    def outputs(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
+                batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Dict[str, np.ndarray]:
+        targets = self.task.encode(df[self.target]) if with_target else None
+        ds = ManifestDataset(df, self.processors, base_dir, targets, train=False, missing=missing)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=Collator(self.processors, regression=self.task.kind == "regression"))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(device)
+        return collect_outputs(self.model, loader, device, progress=progress)
+
+    def predict_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>", on_bad_item: str = "error",
+                      batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> pd.DataFrame:
+        """One output row per usable input row: prediction, class probabilities, modality weights."""
+        kept, missing = self.prepare(df, base_dir, file, with_target=False, on_bad_item=on_bad_item)
+        out = self.outputs(kept, base_dir, missing, batch_size=batch_size, num_workers=num_workers,
+                           progress=progress)
+        result = pd.DataFrame({"row": kept.index.to_numpy() + 1})
+        id_col = self.meta.get("id_column")
+        if id_col and id_col in kept.columns:
+            result[id_col] = kept[id_col].to_numpy()
+        if self.task.kind == "classification":
+            proba = softmax(out["logits"])
+            result["prediction"] = [self.task.labels[i] for i in proba.argmax(1)]
+            for j, label in enumerate(self.task.labels):
+                result[f"proba_{label}"] = proba[:, j]
+        else:
+            result["prediction"] = self.task.decode_values(out["logits"])
+        if out["weights"] is not None:
+            for j, m in enumerate(self.model.fusion.modalities):
+                result[f"weight_{m}"] = out["weights"][:, j]
+        return result
+
+    def evaluate_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>",
+                       on_bad_item: str = "error", batch_size: int = 64, num_workers: int = 0,
+                       out_dir: Optional[Path] = None, progress: bool = False, title: str = "crossfuse evaluation",
+                       history=None, monitor=None, extra=None) -> Dict[str, Any]:
+        kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item)
+        out = self.outputs(kept, base_dir, missing, with_target=True, batch_size=batch_size,
+                           num_workers=num_workers, progress=progress)
+        metrics = self.task.metrics(out["logits"], out["targets"])
+        if out["weights"] is not None:  # mean weight each modality got, over items that had it
+            w, m = out["weights"], out["mask"]
+            metrics["mean_modality_weight"] = {
+                mod: float(w[m[:, j], j].mean()) if m[:, j].any() else None
+                for j, mod in enumerate(self.model.fusion.modalities)}
+        if out_dir is not None:
+            write_report(Path(out_dir), metrics, self.task.labels, history=history, monitor=monitor, title=title,
+                         extra=extra)
+        return metrics

@@ -1,0 +1,228 @@
+"""The training loop, readable in one sitting. Devices, precision and data parallelism are Lightning
+Fabric's job (see docs/design.md for why Fabric): the same code runs on one CPU, one GPU, or several
+processes with DDP (``devices: 2, strategy: ddp``; with torchrun or Fabric's own launcher).
+
+Determinism: each epoch reseeds every RNG from (seed, epoch) and draws its own item order, so a
+run resumed from the checkpoint of epoch k ends with the same weights as one never interrupted.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from crossfuse.config.schema import TrainConfig
+from crossfuse.engine.checkpoint import load_checkpoint, save_checkpoint
+from crossfuse.engine.inference import collect_outputs
+
+log = logging.getLogger(__name__)
+MetricsFn = Callable[[np.ndarray, np.ndarray], Dict[str, Any]]
+
+
+class EpochSampler(Sampler[int]):
+    """Item order drawn from (seed, epoch) alone: shuffled, or class-balanced with replacement.
+
+    With several processes each takes every world_size-th index (padded to equal length).
+    The epoch is set through ``.epoch`` (not ``set_epoch``, which Fabric would overwrite).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, weights: Optional[torch.Tensor] = None,
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.shuffle, self.weights = n, seed, shuffle, weights
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        elif self.shuffle:
+            idx = torch.randperm(self.n, generator=g)
+        else:
+            idx = torch.arange(self.n)
+        total = len(self) * self.world_size
+        idx = torch.cat([idx, idx[: total - self.n]])
+        return iter(idx[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+
+@dataclass
+class TrainResult:
+    history: List[Dict[str, float]] = field(default_factory=list)
+    best_epoch: Optional[int] = None
+    best_score: Optional[float] = None
+    stopped_early: bool = False
+    monitor: str = ""
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    if cfg.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class Trainer:
+    """Fits a model with early stopping on ``monitor``; checkpoints every epoch when given a path."""
+
+    def __init__(self, cfg: TrainConfig, loss_fn: torch.nn.Module, metrics_fn: MetricsFn, monitor: str,
+                 higher_is_better: bool, checkpoint_path: Optional[Path] = None, callbacks: Sequence[Any] = ()):
+        from lightning_fabric import Fabric
+
+        self.cfg, self.loss_fn, self.metrics_fn = cfg, loss_fn, metrics_fn
+        self.monitor, self.higher_is_better = monitor, higher_is_better
+        self.checkpoint_path = checkpoint_path
+        self.callbacks = list(callbacks)
+        self.fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+                             precision=resolve_precision(cfg))
+        self.fabric.launch()
+
+    @property
+    def is_main(self) -> bool:
+        return self.fabric.global_rank == 0
+
+    # --- pieces ---------------------------------------------------------------------------
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        c = self.cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _schedule(self, steps_per_epoch: int) -> Callable[[int], float]:
+        c = self.cfg
+        warmup = int(round(c.warmup_epochs * steps_per_epoch))
+        total = max(1, c.epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if c.scheduler == "cosine":
+                progress = (step - warmup) / max(1, total - warmup)
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            if c.scheduler == "step":
+                return c.gamma ** ((step // steps_per_epoch) // c.step_size)
+            return 1.0
+
+        return factor
+
+    def _improved(self, score: float, best: Optional[float]) -> bool:
+        if best is None:
+            return True
+        delta = self.cfg.early_stopping.min_delta
+        return score > best + delta if self.higher_is_better else score < best - delta
+
+    def validate(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, Any]:
+        out = collect_outputs(model, loader, self.fabric.device, autocast=self.fabric.autocast())
+        logits, targets = torch.from_numpy(out["logits"]), torch.from_numpy(out["targets"])
+        metrics = self.metrics_fn(out["logits"], out["targets"])
+        metrics["loss"] = float(self.loss_fn(logits, targets.to(logits.dtype if targets.is_floating_point()
+                                                                   else torch.long)))
+        return metrics
+
+    # --- the loop -------------------------------------------------------------------------
+    def fit(self, model: torch.nn.Module, train_ds: Dataset, val_ds: Optional[Dataset], collate: Callable,
+            sample_weights: Optional[torch.Tensor] = None, resume: bool = False) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        c, fabric = self.cfg, self.fabric
+        seed_all(c.seed)
+        sampler = EpochSampler(len(train_ds), c.seed, weights=sample_weights,
+                               rank=fabric.global_rank, world_size=fabric.world_size)
+        loader_kw = dict(collate_fn=collate, num_workers=c.num_workers, persistent_workers=c.num_workers > 0)
+        train_loader = DataLoader(train_ds, batch_size=c.batch_size, sampler=sampler, **loader_kw)
+        val_loader = DataLoader(val_ds, batch_size=c.batch_size, shuffle=False, **loader_kw) \
+            if val_ds is not None and len(val_ds) else None
+
+        raw_model = model
+        optimizer = self._optimizer(model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(len(train_loader)))
+        model, optimizer = fabric.setup(model, optimizer)
+        self.loss_fn = self.loss_fn.to(fabric.device)
+
+        state: Dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0,
+                                 "history": [], "best_model": None}
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            ckpt = load_checkpoint(self.checkpoint_path)
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            state = ckpt["state"]
+            if self.is_main:
+                log.info("Resumed from %s after epoch %d", self.checkpoint_path, state["epoch"])
+        elif resume and self.is_main:
+            log.warning("--resume: no checkpoint at %s; starting from scratch", self.checkpoint_path)
+
+        result = TrainResult(monitor=self.monitor)
+        for epoch in range(state["epoch"], c.epochs):
+            sampler.epoch = epoch
+            seed_all(c.seed * 7919 + epoch + 1)  # dropout, augmentation and worker seeds per epoch
+            model.train()
+            total, count = torch.zeros((), device=fabric.device), 0
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
+                       disable=None if (c.progress and self.is_main) else True)
+            for batch in bar:
+                batch = batch.to(fabric.device)
+                out = model(batch)
+                loss = self.loss_fn(out.logits.float(), batch.target)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                if c.grad_clip:
+                    fabric.clip_gradients(model, optimizer, max_norm=c.grad_clip, error_if_nonfinite=False)
+                optimizer.step()
+                scheduler.step()
+                total += loss.detach() * len(batch)
+                count += len(batch)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            train_loss = float(fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
+            record: Dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss,
+                                        "lr": optimizer.param_groups[0]["lr"]}
+            if val_loader is not None:
+                val = self.validate(model, val_loader)
+                record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+                score = val[self.monitor]
+                if self._improved(score, state["best_score"]):
+                    state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
+                                 best_model=copy.deepcopy(raw_model.state_dict()))
+                else:
+                    state["bad_epochs"] += 1
+            state["history"].append(record)
+            state["epoch"] = epoch + 1
+            if self.is_main:
+                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                             if k != "epoch"))
+                if self.checkpoint_path is not None:
+                    save_checkpoint(self.checkpoint_path, {
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": state})
+            fabric.barrier()
+            for cb in self.callbacks:
+                getattr(cb, "on_epoch_end", lambda *a: None)(self, state)
+            if val_loader is not None and state["bad_epochs"] >= c.early_stopping.patience:
+                result.stopped_early = True
+                if self.is_main:
+                    log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
+                break
+
+        if state["best_model"] is not None:
+            raw_model.load_state_dict(state["best_model"])
+        result.history, result.best_epoch, result.best_score = state["history"], state["best_epoch"], \
+            state["best_score"]
+        return result

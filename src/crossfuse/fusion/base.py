@@ -1,0 +1,39 @@
+"""The fusion contract and registry.
+
+A fusion method takes ``input_dims`` (modality -> feature size), reports ``output_dim``, and maps
+``features`` (modality -> (B, d_m)) plus ``mask`` (modality -> (B,) bool, True = present) to a
+FusionOutput. An item's missing modality must have no effect on its fused vector.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping
+
+import torch
+from torch import nn
+
+from crossfuse.errors import ConfigError
+from crossfuse.registry import Registry
+from crossfuse.types import FusionOutput
+
+FUSIONS: Registry["Fusion"] = Registry("fusion")
+
+
+class Fusion(nn.Module):
+    output_dim: int
+
+    def __init__(self, input_dims: Mapping[str, int]):
+        super().__init__()
+        if not input_dims:
+            raise ConfigError("A fusion method needs at least one modality")
+        self.input_dims = dict(input_dims)
+        self.modalities: List[str] = sorted(input_dims)  # a fixed order, independent of dict order
+
+    def rebuild_kwargs(self) -> Dict[str, Any]:
+        return dict(self._init_kwargs)
+
+    def stacked_mask(self, mask: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_modalities) bool mask in ``self.modalities`` order."""
+        return torch.stack([mask[m].bool() for m in self.modalities], dim=1)
+
+    def forward(self, features: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> FusionOutput:
+        raise NotImplementedError

@@ -1,0 +1,59 @@
+"""Plots people would rather look at than read: training curves and confusion matrices."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: List[Dict[str, float]], path: str | Path, metric: str) -> None:
+    """Loss (train and val) and the monitored validation metric per epoch."""
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    if any("val_loss" in h for h in history):
+        ax1.plot(epochs, [h.get("val_loss", np.nan) for h in history], marker="o", label="val")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax1.legend()
+    ax2.plot(epochs, [h.get(f"val_{metric}", np.nan) for h in history], marker="o", color="tab:green")
+    ax2.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
+                          title: str = "Confusion matrix") -> None:
+    """Row-normalised colours with the raw counts written in each cell."""
+    plt = _plt()
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(labels)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), [str(l) for l in labels], rotation=45, ha="right")
+    ax.set_yticks(range(n), [str(l) for l in labels])
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""FusionModel = per-modality encoders -> fusion -> head, and its save/load as config + safetensors."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from crossfuse.encoders import ENCODERS, Encoder
+from crossfuse.errors import CrossfuseError
+from crossfuse.fusion import FUSIONS, Fusion
+from crossfuse.heads import Head
+from crossfuse.types import Batch, ModelOutput
+
+CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE = "config.json", "model.safetensors", "processors.json"
+
+
+class FusionModel(nn.Module):
+    """Composes encoders, a fusion method and a head; nothing else."""
+
+    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head):
+        super().__init__()
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.fusion = fusion
+        self.head = head
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        features = {m: enc(batch.inputs[m]) for m, enc in self.encoders.items()}
+        fused = self.fusion(features, batch.mask)
+        return ModelOutput(logits=self.head(fused.fused), fused=fused.fused, weights=fused.weights,
+                           features=features)
+
+    # --- self-description -----------------------------------------------------------------
+    def architecture(self) -> Dict[str, Any]:
+        """Everything needed to rebuild this model's modules with no external files."""
+        return {
+            "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()} for m, e in self.encoders.items()},
+            "fusion": {"name": self.fusion.registry_name, "kwargs": self.fusion.rebuild_kwargs()},
+            "head": {"out_dim": self.head.output_dim, "kwargs": self.head._init_kwargs},
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: Dict[str, Any]) -> "FusionModel":
+        encoders = {m: ENCODERS.build(e["name"], **e["kwargs"]) for m, e in arch["encoders"].items()}
+        fusion = FUSIONS.build(arch["fusion"]["name"], input_dims={m: e.output_dim for m, e in encoders.items()},
+                               **arch["fusion"]["kwargs"])
+        head = Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"])
+        return cls(encoders, fusion, head)
+
+
+def save_model(path: str | Path, model: FusionModel, processors: Mapping[str, Any], meta: Dict[str, Any]) -> Path:
+    """Write config.json + model.safetensors + processors.json into a fresh directory, atomically.
+
+    The files go to a temporary sibling directory that is renamed into place at the end, so a
+    killed save leaves either the previous model or none, never a half-written one.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    config = {"format": "crossfuse-model/1", **meta, "architecture": model.architecture()}
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE))
+    (tmp / PROCESSORS_FILE).write_text(json.dumps({m: p.state() for m, p in processors.items()}))
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_model(path: str | Path, map_location: str = "cpu"):
+    """Rebuild (model, processors, meta) from a model directory; never unpickles."""
+    from safetensors.torch import load_file
+
+    from crossfuse.data.processors import processor_from_state
+
+    path = Path(path)
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE) if not (path / f).is_file()]
+    if missing:
+        raise CrossfuseError(f"{path} is not a crossfuse model directory (missing {', '.join(missing)})")
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    model = FusionModel.from_architecture(meta["architecture"])
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=map_location))
+    model.eval()
+    processors = {m: processor_from_state(s) for m, s in json.loads((path / PROCESSORS_FILE).read_text()).items()}
+    return model, processors, meta
