@@ -46,6 +46,8 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if part in ("encoder", "fusion") and isinstance(node.get(part), str):
+                node[part] = {"name": node[part]}  # `encoder: gru` is shorthand for `encoder: {name: gru}`
             if not isinstance(node.get(part), dict):
                 node[part] = {} if node.get(part) is None else node[part]
             if not isinstance(node[part], dict):

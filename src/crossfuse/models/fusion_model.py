@@ -24,7 +24,8 @@ class FusionModel(nn.Module):
 
     def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head):
         super().__init__()
-        self.encoders = nn.ModuleDict(dict(encoders))
+        # sorted: parameter order (and so optimizer state) must not depend on the config's key order
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
         self.fusion = fusion
         self.head = head
 

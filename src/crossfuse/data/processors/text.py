@@ -13,7 +13,8 @@ PAD, UNK = "[PAD]", "[UNK]"
 
 
 class TextProcessor(Processor):
-    """Params: ``max_length`` (128), ``vocab_size`` (8000), ``lowercase`` (true) for trained tokenizers.
+    """Params: ``max_length`` (128); for the vocabulary built from training text ``vocab_size`` (8000)
+    and ``lowercase`` (true). Words outside the vocabulary map to [UNK].
 
     State holds the tokenizer as its JSON text (``tokenizers`` format), never a pickle.
     """
@@ -34,18 +35,30 @@ class TextProcessor(Processor):
         return self.columns[0]
 
     def fit(self, df: pd.DataFrame, base_dir: Path, wants_tokenizer: bool = False) -> None:
+        """Build a word-level vocabulary from the training text: the ``vocab_size`` most frequent words.
+
+        Counting is ours so that ties break by word and the vocabulary is the same on every run
+        (a trainer whose ties depend on hash order would break resuming and reproducibility).
+        """
         if not wants_tokenizer or self.tokenizer is not None:
             return
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+        from collections import Counter
 
-        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
         norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if self.params.get("lowercase", True) else [])
-        tok.normalizer = normalizers.Sequence(norm)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(vocab_size=int(self.params.get("vocab_size", 8000)),
-                                            special_tokens=[PAD, UNK], show_progress=False)
-        texts = [str(t) for t in df[self.column].tolist() if not is_blank(t)]
-        tok.train_from_iterator(texts, trainer=trainer)
+        pre = pre_tokenizers.BertPreTokenizer()
+        normalizer = normalizers.Sequence(norm)
+        counts: Counter = Counter()
+        for text in df[self.column].tolist():
+            if not is_blank(text):
+                counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(str(text))))
+        size = int(self.params.get("vocab_size", 8000)) - 2
+        words = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
+        vocab = {PAD: 0, UNK: 1, **{w: i + 2 for i, (w, _) in enumerate(words)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        tok.normalizer = normalizer
+        tok.pre_tokenizer = pre
         self._set(tok)
 
     def configure(self, encoder: Any) -> None:

@@ -1,0 +1,179 @@
+"""scikit-learn style estimators: ``FusionClassifier().fit(df).predict(df)``.
+
+Conventions follow scikit-learn: ``__init__`` only stores its arguments, ``fit`` validates and
+returns ``self``, learned state ends in ``_``, and using an unfitted estimator says so.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from crossfuse.config import parse_config
+from crossfuse.engine import Predictor, train
+from crossfuse.errors import ConfigError, NotFittedError
+
+
+class _FusionEstimator:
+    _task: str = ""
+
+    def __init__(self, modalities: Optional[Dict[str, Any]] = None, target: str = "label", fusion: str = "concat",
+                 fusion_params: Optional[Dict[str, Any]] = None, head_hidden: Sequence[int] = (128,),
+                 dropout: float = 0.1, epochs: int = 20, batch_size: int = 32, optimizer: str = "adamw",
+                 lr: float = 1e-3, weight_decay: float = 0.01, scheduler: str = "cosine", patience: int = 5,
+                 val_size: float = 0.15, on_bad_item: str = "error", class_weights: str = "none",
+                 sampler: str = "random", num_workers: int = 0, base_dir: Optional[str] = None,
+                 output_dir: Optional[str] = None, random_state: int = 0, progress: bool = False,
+                 train_options: Optional[Dict[str, Any]] = None):
+        self.modalities = modalities
+        self.target = target
+        self.fusion = fusion
+        self.fusion_params = fusion_params
+        self.head_hidden = head_hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.scheduler = scheduler
+        self.patience = patience
+        self.val_size = val_size
+        self.on_bad_item = on_bad_item
+        self.class_weights = class_weights
+        self.sampler = sampler
+        self.num_workers = num_workers
+        self.base_dir = base_dir
+        self.output_dir = output_dir
+        self.random_state = random_state
+        self.progress = progress
+        self.train_options = train_options
+
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        import inspect
+
+        return {k: getattr(self, k) for k in inspect.signature(_FusionEstimator.__init__).parameters if k != "self"}
+
+    def set_params(self, **params: Any) -> "_FusionEstimator":
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"Invalid parameter {k!r} for {type(self).__name__}")
+            setattr(self, k, v)
+        return self
+
+    def _config(self):
+        raw = {
+            "modalities": self.modalities or {},
+            "data": {"target": self.target, "task": self._task, "on_bad_item": self.on_bad_item,
+                     "split": {"column": None, "val_size": self.val_size, "test_size": 0.0,
+                               "seed": self.random_state}},
+            "fusion": {"name": self.fusion, **(self.fusion_params or {})},
+            "head": {"hidden": list(self.head_hidden), "dropout": self.dropout},
+            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "optimizer": self.optimizer,
+                      "lr": self.lr, "weight_decay": self.weight_decay, "scheduler": self.scheduler,
+                      "early_stopping": {"patience": self.patience}, "class_weights": self.class_weights,
+                      "sampler": self.sampler, "num_workers": self.num_workers, "seed": self.random_state,
+                      "progress": self.progress, **(self.train_options or {})},
+            "output_dir": self.output_dir or "unused",
+        }
+        return parse_config(raw)
+
+    def fit(self, X: pd.DataFrame, y: Optional[Sequence[Any]] = None) -> "_FusionEstimator":
+        """Train on the rows of ``X``; the target is ``y`` or the ``target`` column of ``X``."""
+        if not isinstance(X, pd.DataFrame):
+            raise ConfigError(f"{type(self).__name__}.fit expects a pandas DataFrame. Got {type(X).__name__}.")
+        df = X.reset_index(drop=True).copy()
+        if y is not None:
+            if len(y) != len(df):
+                raise ConfigError(f"X has {len(df)} rows but y has {len(y)}")
+            df[self.target] = np.asarray(y)
+        cfg = self._config()
+        base_dir = Path(self.base_dir or ".")
+        if self.output_dir is None:
+            with tempfile.TemporaryDirectory(prefix="crossfuse-") as tmp:
+                cfg.output_dir = tmp
+                result = train(cfg, df=df, base_dir=base_dir, save=False)
+        else:
+            result = train(cfg, df=df, base_dir=base_dir, save=True)
+        self.predictor_ = result.predictor
+        self.history_ = result.train.history
+        self.validation_metrics_ = result.metrics
+        if self._task == "classification":
+            originals = {}
+            for v in df[self.target].tolist():
+                originals.setdefault(_label_str(v), v)
+            self.classes_ = np.array([originals[l] for l in self.predictor_.task.labels])
+        return self
+
+    def _check_fitted(self) -> Predictor:
+        if not hasattr(self, "predictor_"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                                 "appropriate arguments before using this estimator.")
+        return self.predictor_
+
+    def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        p = self._check_fitted()
+        return p.predict_frame(X.reset_index(drop=True), Path(self.base_dir or "."), on_bad_item=self.on_bad_item,
+                               batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model directory (config.json + model.safetensors + processors.json)."""
+        return self._check_fitted().save(path)
+
+    @classmethod
+    def load(cls, path: str | Path, base_dir: Optional[str] = None) -> "_FusionEstimator":
+        predictor = Predictor.load(path)
+        est = cls(target=predictor.target, base_dir=base_dir)
+        est.predictor_ = predictor
+        if predictor.task.kind == "classification":
+            est.classes_ = np.array([_restore(l) for l in predictor.task.labels])
+        return est
+
+
+class FusionClassifier(_FusionEstimator):
+    """Fuses the modalities of a DataFrame (image paths, text, numbers, categories) to predict a class."""
+
+    _task = "classification"
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        out = self._frame(X)
+        return out[[f"proba_{l}" for l in self.predictor_.task.labels]].to_numpy()
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def score(self, X: pd.DataFrame, y: Sequence[Any]) -> float:
+        """Mean accuracy."""
+        return float(np.mean([_label_str(a) == _label_str(b) for a, b in zip(self.predict(X), y)]))
+
+
+class FusionRegressor(_FusionEstimator):
+    """Fuses the modalities of a DataFrame to predict a number."""
+
+    _task = "regression"
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self._frame(X)["prediction"].to_numpy()
+
+    def score(self, X: pd.DataFrame, y: Sequence[Any]) -> float:
+        """Coefficient of determination R^2."""
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(np.asarray(y, dtype=float), self.predict(X)))
+
+
+def _label_str(v: Any) -> str:
+    from crossfuse.data import label_str
+
+    return label_str(v)
+
+
+def _restore(label: str) -> Any:
+    """Labels saved as strings come back as ints when they look like ints."""
+    try:
+        return int(label)
+    except ValueError:
+        return label

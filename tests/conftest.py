@@ -1,0 +1,104 @@
+"""Fixtures that build tiny real files (PNG, CSV, a random-weight BERT) in temporary directories."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CLASSES = ("cat", "dog", "fish")
+COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 200)}
+WORDS = {"cat": "whiskers purring", "dog": "barking fetch", "fish": "swimming scales"}
+
+
+def make_items(root: Path, n: int = 48, seed: int = 0, name: str = "manifest.csv") -> Path:
+    """n items over three classes: a coloured PNG, a caption, a number and a category per item."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = CLASSES[i % 3]
+        pixels = np.clip(np.array(COLORS[label]) + rng.normal(0, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+        rows.append({"id": f"item{i}", "image": f"img/{i}.png", "caption": f"a small {WORDS[label]} thing number {i}",
+                     "x": float(CLASSES.index(label) + rng.normal(0, 0.3)),
+                     "size": ["s", "m", "l"][int(rng.integers(3))], "label": label})
+    path = root / name
+    suffix = path.suffix
+    df = pd.DataFrame(rows)
+    if suffix == ".csv":
+        df.to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+    return path
+
+
+def tiny_config(manifest: Path, out_dir: Path, fusion: str = "concat", epochs: int = 2, **train) -> dict:
+    """A config dict for a model small enough to train in a second."""
+    return {
+        "data": {"manifest": str(manifest), "target": "label", "id_column": "id",
+                 "split": {"val_size": 0.25, "test_size": 0.25, "seed": 0}},
+        "modalities": {
+            "image": {"kind": "image", "columns": ["image"],
+                      "encoder": {"name": "small_cnn", "channels": [4, 8], "image_size": 16}},
+            "text": {"kind": "text", "columns": ["caption"], "encoder": {"name": "gru", "embed_dim": 8, "hidden": 8},
+                     "processor": {"max_length": 16}},
+            "tabular": {"kind": "tabular", "columns": ["x", "size"], "encoder": {"name": "mlp", "hidden": [8]}},
+        },
+        "fusion": {"name": fusion},
+        "head": {"hidden": [16], "dropout": 0.0},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "progress": False, **train},
+        "output_dir": str(out_dir),
+    }
+
+
+@pytest.fixture
+def items(tmp_path) -> Path:
+    return make_items(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A random-weight BERT with a WordPiece tokenizer, saved like a hub model (save_pretrained)."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    root = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "small", "thing", "number"] + \
+        [w for ws in WORDS.values() for w in ws.split()] + [str(i) for i in range(100)]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    tok.save(str(root / "tokenizer.json"))
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sentence_transformer(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT laid out as a sentence-transformers model directory (mean pooling + normalize)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny_st")
+    for f in tiny_bert.iterdir():
+        shutil.copy(f, root / f.name)
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16,
+                                                                "pooling_mode_mean_tokens": True}))
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    return root

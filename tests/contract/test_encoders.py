@@ -1,0 +1,122 @@
+"""One contract for every registered encoder: shape, gradients, determinism, mask, save -> load."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from crossfuse.encoders import ENCODERS
+from crossfuse.fusion import FUSIONS
+from crossfuse.heads import Head
+from crossfuse.models import FusionModel
+from crossfuse.types import Batch
+
+B = 3
+
+
+def build(name: str, request, **extra):
+    """An instance of encoder ``name`` small enough for a test, and a batch of its input."""
+    cls = ENCODERS.get(name)
+    if cls.modality == "image":
+        kwargs = {"image_size": 16} if name == "small_cnn" else {"image_size": 64}
+        enc = ENCODERS.build(name, **kwargs, **extra)
+        size = enc.data_config["input_size"][-1]
+        return enc, torch.randn(B, 3, size, size)
+    if cls.modality == "text":
+        if cls.provides_tokenizer:
+            key = "path" if name == "hf_transformer" else "path"
+            fixture = "tiny_bert" if name == "hf_transformer" else "tiny_sentence_transformer"
+            enc = ENCODERS.build(name, **{key: str(request.getfixturevalue(fixture))}, **extra)
+            vocab = enc.model.config.vocab_size
+        else:
+            vocab = 50
+            enc = ENCODERS.build(name, vocab_size=vocab, embed_dim=8, hidden=8, **extra)
+        ids = torch.randint(1, vocab, (B, 7))
+        mask = torch.ones(B, 7, dtype=torch.long)
+        mask[1, 4:] = 0
+        return enc, {"input_ids": ids * mask, "attention_mask": mask}
+    enc = ENCODERS.build(name, n_numeric=2, cardinalities=[4], hidden=[8], **extra)
+    return enc, {"numeric": torch.randn(B, 2), "categorical": torch.randint(0, 4, (B, 1))}
+
+
+def perturbed(x, i: int):
+    """A copy of input ``x`` whose item ``i`` is replaced by different values."""
+    if isinstance(x, dict):
+        out = {k: v.clone() for k, v in x.items()}
+        if "input_ids" in out:
+            out["input_ids"][i] = (out["input_ids"][i] + 3) % 40 + 1
+            out["attention_mask"][i] = 1
+        else:
+            out["numeric"][i] += 5
+            out["categorical"][i] = (out["categorical"][i] + 1) % 4
+        return out
+    out = x.clone()
+    out[i] = torch.randn_like(out[i]) * 3
+    return out
+
+
+@pytest.fixture(params=ENCODERS.names())
+def encoder_and_input(request):
+    torch.manual_seed(0)
+    return request.param, *build(request.param, request)
+
+
+def test_output_shape_is_output_dim(encoder_and_input):
+    name, enc, x = encoder_and_input
+    enc.eval()
+    with torch.no_grad():
+        y = enc(x)
+    assert y.shape == (B, enc.output_dim), name
+    assert torch.isfinite(y).all()
+
+
+def test_gradients_flow(encoder_and_input):
+    name, enc, x = encoder_and_input
+    enc.train()
+    enc(x).square().mean().backward()
+    grads = [p.grad for p in enc.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def test_eval_mode_is_deterministic(encoder_and_input):
+    _, enc, x = encoder_and_input
+    enc.eval()
+    with torch.no_grad():
+        assert torch.equal(enc(x), enc(x))
+
+
+def test_save_load_gives_identical_outputs(encoder_and_input, tmp_path):
+    name, enc, x = encoder_and_input
+    enc.eval()
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    rebuilt = ENCODERS.build(name, **enc.rebuild_kwargs())
+    rebuilt.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(enc(x), rebuilt(x), atol=1e-6)
+
+
+def test_missing_modality_mask_is_honoured(encoder_and_input):
+    """Item 0 lacks this modality: changing its input must not change the model's output for it."""
+    name, enc, x = encoder_and_input
+    other = ENCODERS.build("mlp", n_numeric=2, hidden=[8])
+    model = FusionModel({"m": enc, "tab": other}, FUSIONS.build("concat", input_dims={"m": enc.output_dim,
+                                                                                      "tab": other.output_dim}),
+                        Head(enc.output_dim + other.output_dim + 2, 2, hidden=[8]))
+    model.eval()
+    tab = {"numeric": torch.randn(B, 2), "categorical": torch.zeros(B, 0, dtype=torch.long)}
+    mask = {"m": torch.tensor([False, True, True]), "tab": torch.ones(B, dtype=torch.bool)}
+    with torch.no_grad():
+        a = model(Batch({"m": x, "tab": tab}, mask)).logits
+        b = model(Batch({"m": perturbed(x, 0), "tab": tab}, mask)).logits
+    assert torch.allclose(a[0], b[0], atol=1e-6), name
+
+
+@pytest.mark.parametrize("name", [n for n in ENCODERS.names() if getattr(ENCODERS.get(n), "provides_tokenizer", False)
+                                  or n in ("torchvision", "resnet18")])
+def test_freezing_and_partial_unfreezing(name, request):
+    frozen, _ = build(name, request, trainable=False)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    partial, _ = build(name, request, trainable=False, unfreeze_last=1)
+    trainable = [n for n, p in partial.named_parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(partial.parameters()))

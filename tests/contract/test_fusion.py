@@ -1,0 +1,97 @@
+"""One contract for every registered fusion method."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from crossfuse.errors import ConfigError
+from crossfuse.fusion import FUSIONS
+
+DIMS = {"image": 6, "text": 4, "tabular": 3}
+B = 5
+
+
+def inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    feats = {m: torch.randn(B, d, generator=g) for m, d in DIMS.items()}
+    mask = {"image": torch.tensor([1, 0, 1, 1, 0]).bool(), "text": torch.tensor([1, 1, 0, 1, 0]).bool(),
+            "tabular": torch.tensor([1, 1, 1, 0, 0]).bool()}
+    return feats, mask
+
+
+@pytest.fixture(params=FUSIONS.names())
+def fusion(request):
+    torch.manual_seed(0)
+    return FUSIONS.build(request.param, input_dims=DIMS)
+
+
+def test_output_shape_is_output_dim(fusion):
+    out = fusion(*inputs())
+    assert out.fused.shape == (B, fusion.output_dim)
+    assert torch.isfinite(out.fused).all()  # item 4 has no modality at all and still gives finite values
+
+
+def test_gradients_reach_every_present_modality(fusion):
+    feats, mask = inputs()
+    feats = {m: f.requires_grad_(True) for m, f in feats.items()}
+    fused = fusion(feats, mask).fused
+    # a random readout: a plain sum can be constant (the sum of a LayerNorm output is its bias)
+    (fused * torch.randn(fused.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+    for m, f in feats.items():
+        present = mask[m]
+        assert f.grad[present].abs().sum() > 0, m
+        assert torch.all(f.grad[~present] == 0), f"{m}: gradient leaked into missing items"
+
+
+def test_eval_mode_is_deterministic(fusion):
+    fusion.eval()
+    with torch.no_grad():
+        assert torch.equal(fusion(*inputs()).fused, fusion(*inputs()).fused)
+
+
+def test_missing_modality_does_not_change_the_fused_vector(fusion):
+    feats, mask = inputs()
+    noisy = {m: torch.where(mask[m].unsqueeze(1), f, torch.randn_like(f) * 100) for m, f in feats.items()}
+    fusion.eval()
+    with torch.no_grad():
+        assert torch.allclose(fusion(feats, mask).fused, fusion(noisy, mask).fused, atol=1e-6)
+
+
+def test_weights_are_a_distribution_over_present_modalities(fusion):
+    out = fusion(*inputs())
+    if out.weights is None:  # only concatenation has no per-modality weights
+        assert fusion.registry_name == "concat"
+        return
+    feats, mask = inputs()
+    stacked = torch.stack([mask[m] for m in fusion.modalities], 1)
+    assert torch.all(out.weights[~stacked] == 0)
+    sums = out.weights.sum(1)
+    has_any = stacked.any(1)
+    assert torch.allclose(sums[has_any], torch.ones(int(has_any.sum())), atol=1e-5)
+
+
+def test_save_load_gives_identical_outputs(fusion, tmp_path):
+    fusion.eval()
+    save_file({k: v.contiguous() for k, v in fusion.state_dict().items()}, str(tmp_path / "f.safetensors"))
+    rebuilt = FUSIONS.build(fusion.registry_name, input_dims=DIMS, **fusion.rebuild_kwargs())
+    rebuilt.load_state_dict(load_file(str(tmp_path / "f.safetensors")))
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(fusion(*inputs()).fused, rebuilt(*inputs()).fused)
+
+
+def test_fixed_weights_follow_config():
+    f = FUSIONS.build("weighted", input_dims={"image": 2, "text": 2}, dim=4, weights={"image": 0.7, "text": 0.3})
+    feats = {"image": torch.randn(2, 2), "text": torch.randn(2, 2)}
+    out = f(feats, {"image": torch.tensor([True, False]), "text": torch.tensor([True, True])})
+    assert torch.allclose(out.weights[0], torch.tensor([0.7, 0.3]))
+    assert torch.allclose(out.weights[1], torch.tensor([0.0, 1.0]))  # renormalised over what is present
+    assert not any(p.requires_grad for n, p in f.named_parameters() if n == "logits")
+
+
+def test_bad_fusion_parameters_name_the_parameter():
+    with pytest.raises(ConfigError, match="'dim' parameter of AttentionFusion must be an int >= 1. Got 0"):
+        FUSIONS.build("attention", input_dims=DIMS, dim=0)
+    with pytest.raises(ConfigError, match="weight >= 0 to each of"):
+        FUSIONS.build("weighted", input_dims=DIMS, weights={"image": 1.0})

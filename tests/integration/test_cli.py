@@ -1,0 +1,120 @@
+"""The CLI end to end on tiny real files: train, evaluate, predict, validate, list."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from crossfuse.cli.main import main
+from crossfuse.engine import Predictor
+
+from conftest import make_items, tiny_config
+
+
+@pytest.fixture
+def trained(tmp_path):
+    manifest = make_items(tmp_path / "data", n=60)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(manifest, tmp_path / "run", fusion="attention", epochs=3)))
+    assert main(["-q", "train", str(cfg), "train.lr=0.02"]) == 0
+    return tmp_path, manifest, tmp_path / "run"
+
+
+def test_train_writes_model_and_report(trained, capsys):
+    _, _, run = trained
+    for f in ["model/config.json", "model/model.safetensors", "model/processors.json", "metrics.json",
+              "summary.md", "training_curves.png", "confusion_matrix.png", "history.json", "config.yaml",
+              "checkpoint.safetensors"]:
+        assert (run / f).is_file(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 15 and metrics["evaluated_on"] == "test"
+    assert 0 <= metrics["accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 3
+    assert set(metrics["mean_modality_weight"]) == {"image", "text", "tabular"}
+    assert len(json.loads((run / "history.json").read_text())) == 3
+    assert "| accuracy |" in (run / "summary.md").read_text()
+
+
+def test_evaluate_and_predict(trained, capsys):
+    tmp, manifest, run = trained
+    assert main(["-q", "evaluate", str(run / "model"), str(manifest), "--out", str(tmp / "ev")]) == 0
+    m = json.loads((tmp / "ev" / "metrics.json").read_text())
+    assert m["n"] == 60 and (tmp / "ev" / "confusion_matrix.png").is_file()
+
+    unlabeled = manifest.parent / "new.csv"
+    pd.read_csv(manifest).drop(columns=["label"]).to_csv(unlabeled, index=False)
+    out = tmp / "pred.csv"
+    assert main(["-q", "predict", str(run / "model"), str(unlabeled), "--out", str(out)]) == 0
+    pred = pd.read_csv(out)
+    assert len(pred) == 60 and list(pred.columns[:3]) == ["row", "id", "prediction"]
+    proba = pred[["proba_cat", "proba_dog", "proba_fish"]].to_numpy()
+    assert np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert set(pred["prediction"]) <= {"cat", "dog", "fish"}
+    assert np.allclose(pred[["weight_image", "weight_tabular", "weight_text"]].sum(1), 1, atol=1e-5)
+    # accuracy from the predict CSV equals what evaluate reported
+    acc = (pred["prediction"].to_numpy() == pd.read_csv(manifest)["label"].to_numpy()).mean()
+    assert acc == pytest.approx(m["accuracy"])
+
+
+def test_saved_model_reloads_without_unpickling_and_predicts_identically(trained, monkeypatch):
+    _, manifest, run = trained
+    df = pd.read_csv(manifest)
+    before = Predictor.load(run / "model").predict_frame(df, manifest.parent)
+
+    def forbidden(*a, **k):
+        raise AssertionError("loading a model must not unpickle")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    after = Predictor.load(run / "model").predict_frame(df, manifest.parent)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_unknown_label_at_evaluation_is_named(trained, capsys):
+    tmp, manifest, run = trained
+    df = pd.read_csv(manifest)
+    df.loc[4, "label"] = "bird"
+    bad = manifest.parent / "bad.csv"
+    df.to_csv(bad, index=False)
+    assert main(["-q", "evaluate", str(run / "model"), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}, row 5, column 'label': unknown label 'bird'; the model knows: cat, dog, fish" in err
+
+
+def test_predict_refuses_a_manifest_without_a_modality_column(trained, capsys):
+    tmp, manifest, run = trained
+    bad = manifest.parent / "nocaption.csv"
+    pd.read_csv(manifest).drop(columns=["caption"]).to_csv(bad, index=False)
+    assert main(["-q", "predict", str(run / "model"), str(bad), "--out", str(tmp / "p.csv")]) == 2
+    assert "column 'caption': column not found (modality 'text')" in capsys.readouterr().err
+    assert not (tmp / "p.csv").exists()
+
+
+def test_validate_reports_problems_and_exit_code(tmp_path, capsys):
+    manifest = make_items(tmp_path / "data", n=12)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(manifest, tmp_path / "run")))
+    assert main(["validate", str(cfg)]) == 0
+    assert "config and manifest OK" in capsys.readouterr().out
+    (manifest.parent / "img" / "3.png").unlink()
+    assert main(["validate", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "row 4, column 'image': image file not found" in out and "training would stop" in out
+    assert main(["validate", str(cfg), "train.epochs=0", "fusion.name=concatt"]) == 2
+    err = capsys.readouterr().err
+    assert "'train.epochs' must be an int >= 1" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ["small_cnn", "resnet18", "gru", "hf_transformer", "mlp", "concat", "weighted", "attention"]:
+        assert f"  {name} " in out
+    assert main(["list", "*net*"]) == 0
+    assert "gru" not in capsys.readouterr().out

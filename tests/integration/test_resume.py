@@ -1,0 +1,45 @@
+"""A run interrupted after an epoch and resumed ends with the same weights as one never interrupted."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from crossfuse.cli.main import main
+from crossfuse.config import parse_config
+from crossfuse.engine import Predictor, train
+
+from conftest import make_items, tiny_config
+
+
+class StopAfter:
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, state):
+        if state["epoch"] == self.epoch:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C, after the checkpoint was written
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_resume_matches_uninterrupted(tmp_path, optimizer):
+    manifest = make_items(tmp_path / "data", n=40)
+    opts = dict(epochs=4, optimizer=optimizer, warmup_epochs=1.0, early_stopping={"patience": 10})
+    full = train(parse_config(tiny_config(manifest, tmp_path / "full", **opts)))
+
+    raw = tiny_config(manifest, tmp_path / "cut", **opts)
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_config(raw), callbacks=[StopAfter(2)])
+    assert (tmp_path / "cut" / "checkpoint.safetensors").is_file()
+    assert not (tmp_path / "cut" / "model").exists()
+    cfg = tmp_path / "cut.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["-q", "train", str(cfg), "--resume"]) == 0
+
+    a = full.predictor.model.state_dict()
+    b = Predictor.load(tmp_path / "cut" / "model").model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["train_loss"] for h in full.train.history] == \
+        [h["train_loss"] for h in __import__("json").loads((tmp_path / "cut" / "history.json").read_text())]

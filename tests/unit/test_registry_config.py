@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossfuse.config import apply_overrides, load_config, parse_config
+from crossfuse.encoders import ENCODERS
+from crossfuse.errors import ConfigError
+from crossfuse.fusion import FUSIONS
+from crossfuse.models import component_problems
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"Unknown fusion 'concatt'. Did you mean 'concat'\? Registered: attention"):
+        FUSIONS.get("concatt")
+
+
+def test_list_with_glob_and_build_drops_none():
+    assert FUSIONS.names("*att*") == ["attention"]
+    assert "resnet18" in ENCODERS.names("res*")
+    enc = ENCODERS.build("small_cnn", channels=None, image_size=16)  # None keeps the default channels
+    assert enc.output_dim == 128
+
+
+def test_unknown_parameter_is_reported_with_suggestion():
+    with pytest.raises(ConfigError, match="has no parameter 'chanels'. Did you mean 'channels'"):
+        ENCODERS.build("small_cnn", chanels=[4])
+
+
+def minimal(**over):
+    raw = {"data": {"manifest": "m.csv"},
+           "modalities": {"image": {"kind": "image", "columns": ["img"], "encoder": "small_cnn"}}}
+    raw.update(over)
+    return raw
+
+
+def test_every_config_problem_is_reported_at_once():
+    raw = minimal(train={"epochs": 0, "lr": -1, "optimiser": "sgd", "scheduler": "cosin"}, head={"dropout": 1.5})
+    raw["modalities"]["text"] = {"kind": "txt", "columns": ["a", "b"], "encoder": "gru"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    text = str(info.value)
+    for expected in ["Unknown key 'train.optimiser'. Did you mean 'optimizer'?",
+                     "'train.scheduler' must be one of none, cosine, step. Got 'cosin'. Did you mean 'cosine'?",
+                     "'modalities.text.kind' must be one of image, text, tabular. Got 'txt'."]:
+        assert expected in text
+    raw = minimal(train={"epochs": 0, "lr": -1}, head={"dropout": 1.5})
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert len(info.value.problems) == 3
+    assert "'train.epochs' must be an int >= 1. Got 0." in str(info.value)
+
+
+def test_component_problems_cover_names_parameters_and_modality():
+    cfg = parse_config(minimal(fusion={"name": "atention", "dimm": 3}))
+    cfg.modalities["image"].encoder.name = "gru"
+    problems = component_problems(cfg)
+    assert any("'gru' encodes text, but modality 'image' is image" in p for p in problems)
+    assert any("Unknown fusion 'atention'. Did you mean 'attention'?" in p for p in problems)
+
+
+def test_overrides_parse_values_as_yaml():
+    raw = apply_overrides(minimal(), ["train.epochs=3", "fusion.name=attention", "fusion.dim=32",
+                                      "train.grad_clip=null", "modalities.image.encoder.channels=[4,8]"])
+    cfg = parse_config(raw)
+    assert cfg.train.epochs == 3 and cfg.train.grad_clip is None
+    assert cfg.fusion.name == "attention" and cfg.fusion.params == {"dim": 32}
+    assert cfg.modalities["image"].encoder.params == {"channels": [4, 8]}
+    with pytest.raises(ConfigError, match="must look like key.sub=value"):
+        apply_overrides(minimal(), ["train.epochs"])
+
+
+def test_manifest_path_is_relative_to_the_config_file(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.csv").write_text("a\n1\n")
+    (tmp_path / "sub" / "c.yaml").write_text(yaml.safe_dump(minimal()))
+    cfg = load_config(tmp_path / "sub" / "c.yaml")
+    assert Path(cfg.data.manifest) == tmp_path / "sub" / "m.csv"
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
