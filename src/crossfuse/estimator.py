@@ -143,7 +143,8 @@ class FusionClassifier(_FusionEstimator):
         return out[[f"proba_{l}" for l in self.predictor_.task.labels]].to_numpy()
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(1)]
 
     def score(self, X: pd.DataFrame, y: Sequence[Any]) -> float:
         """Mean accuracy."""

@@ -28,7 +28,7 @@ TEMPLATES = [
 LOOPS = {0: "yes", 6: "yes", 8: "yes", 9: "yes", 4: "sometimes"}
 
 
-def build_digits_demo(out_dir: str | Path, seed: int = 0, occlusion: float = 0.45, noise: float = 0.25,
+def build_digits_demo(out_dir: str | Path, seed: int = 0, occlusion: float = 0.3, noise: float = 0.2,
                       limit: int | None = None) -> Path:
     """Write images/ and manifest.csv under ``out_dir``; returns the manifest path. Deterministic."""
     from sklearn.datasets import load_digits

@@ -38,13 +38,19 @@ def check_columns(df: pd.DataFrame, processors: Mapping[str, Processor], file: s
 def find_problems(df: pd.DataFrame, processors: Mapping[str, Processor], file: str, base_dir: Path,
                   target: Optional[str], task: str, labels: Optional[Sequence[str]] = None,
                   open_files: bool = True) -> List[Problem]:
-    """Every cell-level problem of the manifest, sorted by row."""
+    """Every cell-level problem of the manifest, sorted by row.
+
+    Rows are the frame's index labels: for a manifest as read, the 0-based data row; for a part
+    of one (a split), still the row of the original manifest.
+    """
     problems: List[Problem] = []
+    rows = df.index
     for name, proc in processors.items():
-        problems += [Problem(file, msg, pos, col, name) for pos, col, msg in proc.check(df, base_dir, open_files)]
+        problems += [Problem(file, msg, int(rows[pos]), col, name)
+                     for pos, col, msg in proc.check(df, base_dir, open_files)]
     if target is not None and target in df.columns:
         known = None if labels is None else {str(l) for l in labels}
-        for pos, v in enumerate(df[target].tolist()):
+        for pos, v in zip(map(int, rows), df[target].tolist()):
             if is_blank(v):
                 problems.append(Problem(file, "missing target value", pos, target))
             elif task == "regression" and not _is_number(v):
@@ -66,7 +72,7 @@ def apply_policy(df: pd.DataFrame, problems: List[Problem], policy: str, target:
         drop = {p.row for p in problems}
     else:  # missing: only rows whose target is unusable go
         drop = {p.row for p in problems if p.column == target and p.modality is None}
-    kept = df.drop(index=df.index[sorted(drop)]) if drop else df
+    kept = df.drop(index=sorted(drop)) if drop else df
     report = {"skipped": len(drop), "cells_missing": 0 if policy == "skip" else len(problems) - len(
         [p for p in problems if p.row in drop])}
     if drop:
