@@ -206,8 +206,9 @@ class Trainer:
             state["history"].append(record)
             state["epoch"] = epoch + 1
             if self.is_main:
-                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                                             if k != "epoch"))
+                shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}")
+                log.info("epoch %d/%d: %s", epoch + 1, c.epochs,
+                         ", ".join(f"{k}={record[k]:.4f}" for k in dict.fromkeys(shown) if k in record))
                 if self.checkpoint_path is not None:
                     save_checkpoint(self.checkpoint_path, {
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
