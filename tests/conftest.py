@@ -18,10 +18,27 @@ COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 200)}
 WORDS = {"cat": "whiskers purring", "dog": "barking fetch", "fish": "swimming scales"}
 
 
-def make_items(root: Path, n: int = 48, seed: int = 0, name: str = "manifest.csv") -> Path:
-    """n items over three classes: a coloured PNG, a caption, a number and a category per item."""
+TONES = {"cat": 330.0, "dog": 660.0, "fish": 1320.0}
+
+
+def write_tone(path: Path, freq: float, seconds: float = 0.5, sr: int = 8000, channels: int = 1,
+               rng: np.random.Generator | None = None) -> None:
+    """A sine tone with a little noise, as a real WAV file."""
+    import soundfile as sf
+
+    rng = rng or np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.01, t.shape)
+    sf.write(str(path), np.stack([wave] * channels, 1) if channels > 1 else wave, sr)
+
+
+def make_items(root: Path, n: int = 48, seed: int = 0, name: str = "manifest.csv", audio: bool = False) -> Path:
+    """n items over three classes: a coloured PNG, a caption, a number and a category per item
+    (and, with ``audio``, a WAV tone whose pitch follows the class)."""
     rng = np.random.default_rng(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
+    if audio:
+        (root / "wav").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         label = CLASSES[i % 3]
@@ -30,6 +47,9 @@ def make_items(root: Path, n: int = 48, seed: int = 0, name: str = "manifest.csv
         rows.append({"id": f"item{i}", "image": f"img/{i}.png", "caption": f"a small {WORDS[label]} thing number {i}",
                      "x": float(CLASSES.index(label) + rng.normal(0, 0.3)),
                      "size": ["s", "m", "l"][int(rng.integers(3))], "label": label})
+        if audio:
+            write_tone(root / "wav" / f"{i}.wav", TONES[label] * rng.uniform(0.97, 1.03), rng=rng)
+            rows[-1]["sound"] = f"wav/{i}.wav"
     path = root / name
     suffix = path.suffix
     df = pd.DataFrame(rows)
@@ -102,3 +122,39 @@ def tiny_sentence_transformer(tiny_bert, tmp_path_factory) -> Path:
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
     return root
+
+
+def _tiny_hf(tmp_path_factory, name: str, config):
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp(name)
+    transformers.AutoModel.from_config(config).save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2(tmp_path_factory) -> Path:
+    import transformers
+
+    return _tiny_hf(tmp_path_factory, "tiny_wav2vec2", transformers.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert(tmp_path_factory) -> Path:
+    import transformers
+
+    return _tiny_hf(tmp_path_factory, "tiny_hubert", transformers.HubertConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A random Whisper whose encoder takes 1 s windows (max_source_positions=50)."""
+    import transformers
+
+    return _tiny_hf(tmp_path_factory, "tiny_whisper", transformers.WhisperConfig(
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, max_source_positions=50, max_target_positions=32,
+        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1))

@@ -35,6 +35,13 @@ def build(name: str, request, **extra):
         mask = torch.ones(B, 7, dtype=torch.long)
         mask[1, 4:] = 0
         return enc, {"input_ids": ids * mask, "attention_mask": mask}
+    if cls.modality == "audio":
+        if name == "hf_audio":
+            enc = ENCODERS.build(name, path=str(request.getfixturevalue("tiny_wav2vec2")), **extra)
+        else:
+            enc = ENCODERS.build(name, **({"channels": [4, 8]} if name == "audio_cnn" else {"hidden": 8}),
+                                 n_mels=16, **extra)
+        return enc, torch.randn(B, 4000) * 0.1
     enc = ENCODERS.build(name, n_numeric=2, cardinalities=[4], hidden=[8], **extra)
     return enc, {"numeric": torch.randn(B, 2), "categorical": torch.randint(0, 4, (B, 1))}
 
@@ -113,10 +120,37 @@ def test_missing_modality_mask_is_honoured(encoder_and_input):
 
 
 @pytest.mark.parametrize("name", [n for n in ENCODERS.names() if getattr(ENCODERS.get(n), "provides_tokenizer", False)
-                                  or n in ("torchvision", "resnet18")])
+                                  or n in ("torchvision", "resnet18", "hf_audio")])
 def test_freezing_and_partial_unfreezing(name, request):
     frozen, _ = build(name, request, trainable=False)
     assert not any(p.requires_grad for p in frozen.parameters())
     partial, _ = build(name, request, trainable=False, unfreeze_last=1)
     trainable = [n for n, p in partial.named_parameters() if p.requires_grad]
     assert trainable and len(trainable) < len(list(partial.parameters()))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hubert", "tiny_whisper"])
+def test_hf_audio_loads_hubert_and_whisper_encoders(fixture, request, tmp_path):
+    enc = ENCODERS.build("hf_audio", path=str(request.getfixturevalue(fixture)))
+    enc.eval()
+    x = torch.randn(2, 16000) * 0.1
+    with torch.no_grad():
+        y = enc(x)
+    assert y.shape == (2, enc.output_dim) and torch.isfinite(y).all()
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    rebuilt = ENCODERS.build("hf_audio", **enc.rebuild_kwargs())
+    rebuilt.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), y, atol=1e-6)
+
+
+def test_specaugment_masks_bands_in_training_only():
+    enc = ENCODERS.build("audio_cnn", channels=[4], n_mels=16, specaugment={"freq_mask": 4, "time_mask": 5})
+    x = torch.randn(2, 4000)
+    enc.frontend.eval()
+    clean = enc.frontend(x)
+    enc.frontend.train()
+    masked = enc.frontend(x)
+    assert torch.equal(enc.frontend.eval()(x), clean)
+    assert (masked == 0).sum() > (clean == 0).sum()

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
-MODALITY_KINDS = ("image", "text", "tabular")
+MODALITY_KINDS = ("image", "text", "audio", "tabular")
 TASKS = ("auto", "classification", "regression")
 BAD_ITEM_POLICIES = ("error", "skip", "missing")
 
@@ -44,7 +44,7 @@ class DataConfig:
 
 @dataclass
 class ModalityConfig:
-    kind: Literal["image", "text", "tabular"]
+    kind: Literal["image", "text", "audio", "tabular"]
     columns: List[str]
     encoder: Component
     processor: Dict[str, Any] = field(default_factory=dict)

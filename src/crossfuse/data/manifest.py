@@ -11,7 +11,7 @@ from crossfuse.errors import ConfigError, DataError, Problem
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
-DEFAULT_ENCODERS = {"image": "small_cnn", "text": "gru", "tabular": "mlp"}
+DEFAULT_ENCODERS = {"image": "small_cnn", "text": "gru", "audio": "audio_cnn", "tabular": "mlp"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
 
@@ -44,10 +44,10 @@ def infer_modalities(df: pd.DataFrame, exclude: List[Optional[str]]) -> Dict[str
     """Guess the modality of every column not in ``exclude``.
 
     A column of strings ending in an image extension is an image; strings averaging more than
-    three words, or mostly unique, are text; everything else (numbers, short repeated strings)
-    joins one tabular modality. Audio columns are recognised and refused with a clear message.
+    three words, or mostly unique, are text; strings ending in an audio extension are audio;
+    everything else (numbers, short repeated strings) joins one tabular modality.
     """
-    image_cols, text_cols, tab_cols = [], [], []
+    image_cols, text_cols, audio_cols, tab_cols = [], [], [], []
     for col in df.columns:
         if col in exclude or str(col).lower() == "split":
             continue
@@ -59,14 +59,13 @@ def infer_modalities(df: pd.DataFrame, exclude: List[Optional[str]]) -> Dict[str
         if len(strings) and strings.str.lower().str.endswith(IMAGE_EXTS).mean() > 0.9:
             image_cols.append(col)
         elif len(strings) and strings.str.lower().str.endswith(AUDIO_EXTS).mean() > 0.9:
-            raise ConfigError(f"Column '{col}' holds audio paths; audio is not supported by this version yet. "
-                              "Leave it out of the manifest or the modalities.")
+            audio_cols.append(col)
         elif len(strings) and (strings.str.split().str.len().mean() > 3 or strings.nunique() > 0.5 * len(strings)):
             text_cols.append(col)
         else:
             tab_cols.append(col)
     modalities: Dict[str, ModalityConfig] = {}
-    for kind, cols in (("image", image_cols), ("text", text_cols)):
+    for kind, cols in (("image", image_cols), ("text", text_cols), ("audio", audio_cols)):
         for col in cols:
             name = kind if len(cols) == 1 else f"{kind}_{col}"
             modalities[name] = ModalityConfig(kind, [col], Component(DEFAULT_ENCODERS[kind]))

@@ -55,6 +55,19 @@ class Encoder(nn.Module):
         return self
 
 
+def hf_model(transformers, path: Optional[str], hf_config: Optional[Dict[str, Any]], what: str):
+    """An HF ``AutoModel``: from ``path`` (weights included), or rebuilt from a saved config dict
+    (architecture only; the weights follow from model.safetensors)."""
+    from crossfuse.errors import ConfigError
+
+    if hf_config is not None:
+        config_cls = type(transformers.AutoConfig.for_model(hf_config["model_type"]))
+        return transformers.AutoModel.from_config(config_cls.from_dict(dict(hf_config)))
+    if path is None:
+        raise ConfigError(f"The {what} encoder needs 'path' (a local model directory or, online, a hub id).")
+    return transformers.AutoModel.from_pretrained(path)
+
+
 def parameter_blocks(module: nn.Module) -> List[str]:
     """Names of the module's blocks in registration order.
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -29,13 +29,18 @@ class SmallCNN(Encoder):
             layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
             c_in = c
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout)]
         self.net = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
         self.output_dim = c_in
         self.data_config = {"input_size": [3, image_size, image_size], "mean": [0.5] * 3, "std": [0.5] * 3}
 
+    def forward_sequence(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The last feature map as (B, H*W, channels) patch tokens, all valid."""
+        seq = self.dropout(self.net(x).flatten(2).transpose(1, 2))
+        return seq, torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.dropout(self.net(x).mean((2, 3)))
 
 
 class TorchvisionEncoder(Encoder):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from crossfuse.encoders.base import ENCODERS, Encoder
+from crossfuse.encoders.base import ENCODERS, Encoder, hf_model
 from crossfuse.errors import ConfigError, require
 from crossfuse.layers import masked_mean
 
@@ -35,13 +35,20 @@ class _RNNEncoder(Encoder):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = hidden * (2 if bidirectional else 1)
 
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_sequence(self, inputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, output_dim) outputs per token and the token mask."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         lengths = mask.sum(1).clamp_min(1).cpu()  # a missing text still runs; fusion masks it out
         packed = pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        return self.dropout(masked_mean(out, mask.bool(), dim=1))
+        seq_mask = mask.bool().clone()
+        seq_mask[:, 0] = True  # the packed run always covers the first position
+        return self.dropout(out), seq_mask
+
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        out, _ = self.forward_sequence(inputs)
+        return masked_mean(out, inputs["attention_mask"].bool(), dim=1)
 
 
 @ENCODERS.register("gru")
@@ -76,16 +83,8 @@ class HFTextEncoder(Encoder):
         transformers = require("transformers", "hf", "The hf_transformer text encoder")
         if pooling not in ("mean", "cls"):
             raise ConfigError(f"The 'pooling' parameter of hf_transformer must be 'mean' or 'cls'. Got {pooling!r}.")
-        if hf_config is not None:  # rebuilding a saved model: architecture only, weights follow
-            cfg = dict(hf_config)
-            config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-            self.model = transformers.AutoModel.from_config(config)
-            self._tokenizer_source = None
-        elif path is not None:
-            self.model = transformers.AutoModel.from_pretrained(path)
-            self._tokenizer_source = path
-        else:
-            raise ConfigError("The hf_transformer encoder needs 'path' (a local model directory or hub id).")
+        self.model = hf_model(transformers, path, hf_config, "hf_transformer")
+        self._tokenizer_source = path if hf_config is None else None
         self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
         self.output_dim = int(self.model.config.hidden_size)
         self._init_kwargs = dict(pooling=pooling, normalize=normalize, max_length=max_length, trainable=trainable,
@@ -104,6 +103,13 @@ class HFTextEncoder(Encoder):
             return Tokenizer.from_file(str(file))
         transformers = require("transformers", "hf", "Loading a tokenizer")
         return transformers.AutoTokenizer.from_pretrained(src).backend_tokenizer
+
+    def forward_sequence(self, inputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        mask = inputs["attention_mask"]
+        hidden = self.model(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        seq_mask = mask.bool().clone()
+        seq_mask[:, 0] = True
+        return hidden, seq_mask
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs["attention_mask"]

@@ -44,7 +44,7 @@ class Predictor:
                                  labels=self.task.labels, open_files=open_files)
         kept, _ = apply_policy(df, problems, on_bad_item, target)
         missing = {(p.row, p.modality) for p in problems if p.modality and
-                   getattr(self.processors[p.modality], "kind", "") in ("image", "text")}
+                   getattr(self.processors[p.modality], "kind", "") != "tabular"}
         return kept, missing
 
     def outputs(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,

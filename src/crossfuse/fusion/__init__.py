@@ -1,5 +1,5 @@
 """Fusion methods in the FUSIONS registry."""
-from crossfuse.fusion import basic  # noqa: F401  (registers the methods)
+from crossfuse.fusion import basic, zoo  # noqa: F401  (registers the methods)
 from crossfuse.fusion.base import FUSIONS, Fusion
 
 __all__ = ["FUSIONS", "Fusion"]

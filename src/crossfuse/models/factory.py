@@ -56,6 +56,9 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
         encoders[name] = ENCODERS.build(m.encoder.name, **kwargs)
         proc.configure(encoders[name])
     input_dims = {name: e.output_dim for name, e in encoders.items()}
+    if getattr(FUSIONS.get(cfg.fusion.name), "decision_level", False):  # fusion emits the outputs itself
+        fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, n_outputs=out_dim, **cfg.fusion.params)
+        return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0))
     fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, **cfg.fusion.params)
     head = Head(fusion.output_dim, out_dim, hidden=cfg.head.hidden, dropout=cfg.head.dropout)
     return FusionModel(encoders, fusion, head)

@@ -14,6 +14,7 @@ from crossfuse.encoders import ENCODERS, Encoder
 from crossfuse.errors import CrossfuseError
 from crossfuse.fusion import FUSIONS, Fusion
 from crossfuse.heads import Head
+from crossfuse.layers import masked_mean
 from crossfuse.types import Batch, ModelOutput
 
 CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE = "config.json", "model.safetensors", "processors.json"
@@ -30,8 +31,20 @@ class FusionModel(nn.Module):
         self.head = head
 
     def forward(self, batch: Batch) -> ModelOutput:
-        features = {m: enc(batch.inputs[m]) for m, enc in self.encoders.items()}
-        fused = self.fusion(features, batch.mask)
+        if getattr(self.fusion, "wants_sequences", False):
+            # token-level fusion: encoders that can emit sequences do; the rest give one vector
+            sequences, features = {}, {}
+            for m, enc in self.encoders.items():
+                if hasattr(enc, "forward_sequence"):
+                    seq, seq_mask = enc.forward_sequence(batch.inputs[m])
+                    sequences[m] = (seq, seq_mask)
+                    features[m] = masked_mean(seq, seq_mask, dim=1)
+                else:
+                    features[m] = enc(batch.inputs[m])
+            fused = self.fusion(features, batch.mask, sequences=sequences)
+        else:
+            features = {m: enc(batch.inputs[m]) for m, enc in self.encoders.items()}
+            fused = self.fusion(features, batch.mask)
         return ModelOutput(logits=self.head(fused.fused), fused=fused.fused, weights=fused.weights,
                            features=features)
 
@@ -41,7 +54,7 @@ class FusionModel(nn.Module):
         return {
             "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()} for m, e in self.encoders.items()},
             "fusion": {"name": self.fusion.registry_name, "kwargs": self.fusion.rebuild_kwargs()},
-            "head": {"out_dim": self.head.output_dim, "kwargs": self.head._init_kwargs},
+            "head": {"out_dim": self.head.out_dim, "kwargs": self.head._init_kwargs},
         }
 
     @classmethod
@@ -49,8 +62,7 @@ class FusionModel(nn.Module):
         encoders = {m: ENCODERS.build(e["name"], **e["kwargs"]) for m, e in arch["encoders"].items()}
         fusion = FUSIONS.build(arch["fusion"]["name"], input_dims={m: e.output_dim for m, e in encoders.items()},
                                **arch["fusion"]["kwargs"])
-        head = Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"])
-        return cls(encoders, fusion, head)
+        return cls(encoders, fusion, Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"]))
 
 
 def save_model(path: str | Path, model: FusionModel, processors: Mapping[str, Any], meta: Dict[str, Any]) -> Path:

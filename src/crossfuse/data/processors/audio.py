@@ -1,0 +1,153 @@
+"""Audio processor: decode, mix down, resample, trim/pad, normalise loudness, augment when training.
+
+Decoding is soundfile's (WAV, FLAC, OGG, MP3 where libsndfile has it); resampling is librosa's
+(soxr). The output is a fixed-length mono waveform; spectrogram front-ends live in the encoders
+so that they run on the GPU.
+"""
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+from crossfuse.data.processors.image import resolve_path
+
+SILENCE_PEAK = 1e-4  # below this (about -80 dBFS) a clip carries no signal
+
+
+def read_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 waveform at ``sample_rate``."""
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    wave = data.mean(axis=1)
+    if sr != sample_rate and len(wave):
+        import librosa
+
+        wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive white noise at ``snr_db`` relative to the clip's own power."""
+    power = float(np.mean(wave ** 2)) + 1e-12
+    noise = rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), wave.shape).astype(np.float32)
+    return wave + noise
+
+
+class AudioProcessor(Processor):
+    """Params: ``sample_rate`` (16000), ``duration`` seconds (2.0; longer clips are trimmed, shorter
+    zero-padded), ``loudness_db`` (-20: RMS normalised to this dBFS; null keeps levels),
+    ``expected_channels`` (null: any, mixed down; a number makes other counts a bad item),
+    ``augment``: {noise_snr: [low, high] dB, shift: max fraction of the clip}.
+    """
+
+    kind = "audio"
+
+    def __init__(self, columns, **params):
+        super().__init__(columns, **params)
+        self.params.setdefault("sample_rate", 16000)
+        self.params.setdefault("duration", 2.0)
+        self.params.setdefault("loudness_db", -20.0)
+        self.params.setdefault("expected_channels", None)
+        self.params.setdefault("augment", {})
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.params["sample_rate"] * self.params["duration"]))
+
+    def configure(self, encoder: Any) -> None:
+        rate = getattr(encoder, "sample_rate", None)
+        if rate:  # the encoder's front-end or pretrained model fixes the rate
+            self.params["sample_rate"] = int(rate)
+
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+        problems: List[CellProblem] = []
+        todo = []
+        for pos, value in enumerate(df[self.column].tolist()):
+            if is_blank(value):
+                problems.append((pos, self.column, "no audio path"))
+                continue
+            path = resolve_path(value, base_dir)
+            if not path.is_file():
+                problems.append((pos, self.column, f"audio file not found: {path}"))
+            else:
+                todo.append((pos, path))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = pool.map(lambda item: self._probe(*item, open_files), todo)
+            problems += [p for p in found if p is not None]
+        return sorted(problems)
+
+    def _probe(self, pos: int, path: Path, open_files: bool) -> Optional[CellProblem]:
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # libsndfile raises for anything it cannot parse
+            return (pos, self.column, f"cannot read audio {path}: {exc}")
+        expected = self.params.get("expected_channels")
+        if expected and info.channels != expected:
+            return (pos, self.column, f"audio {path} has {info.channels} channels, expected {expected}")
+        if info.frames == 0:
+            return (pos, self.column, f"empty audio (no samples): {path}")
+        if open_files:
+            try:
+                data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+            except Exception as exc:
+                return (pos, self.column, f"cannot read audio {path}: {exc}")
+            if not np.isfinite(data).all():
+                return (pos, self.column, f"audio {path} holds non-finite samples")
+            if np.abs(data).max(initial=0.0) < SILENCE_PEAK:
+                return (pos, self.column, f"silent audio (peak below -80 dBFS): {path}")
+        return None
+
+    def waveform(self, wave: np.ndarray, train: bool, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """Trim/pad, normalise loudness and (training only) augment one mono waveform."""
+        n = self.n_samples
+        aug = self.params.get("augment") or {}
+        rng = rng or np.random.default_rng()
+        if len(wave) > n:
+            start = int(rng.integers(0, len(wave) - n + 1)) if (train and aug.get("shift")) else 0
+            wave = wave[start:start + n]
+        target = self.params.get("loudness_db")
+        if target is not None:
+            rms = float(np.sqrt(np.mean(wave ** 2))) if len(wave) else 0.0
+            if rms > 0:
+                wave = wave * (10 ** (target / 20) / rms)
+        if len(wave) < n:
+            wave = np.pad(wave, (0, n - len(wave)))
+        if train and aug.get("shift"):
+            wave = np.roll(wave, int(rng.integers(-1, 2) * rng.uniform(0, aug["shift"]) * n))
+        if train and aug.get("noise_snr"):
+            low, high = aug["noise_snr"]
+            wave = add_noise(wave, float(rng.uniform(low, high)), rng)
+        return wave.astype(np.float32)
+
+    def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
+        value = row[self.column]
+        if is_blank(value):
+            return None
+        try:
+            wave = read_audio(resolve_path(value, base_dir), self.params["sample_rate"])
+        except Exception as exc:  # changed after validation: missing, not a crash mid-epoch
+            warnings.warn(f"{value}: unreadable audio treated as missing ({exc})")
+            return None
+        if not len(wave):
+            return None
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows the worker's torch seed
+        return torch.from_numpy(self.waveform(wave, train, np.random.default_rng(seed)))
+
+    def collate(self, items: List[Optional[torch.Tensor]]):
+        mask = torch.tensor([x is not None for x in items])
+        fill = torch.zeros(self.n_samples)
+        return torch.stack([fill if x is None else x for x in items]), mask
