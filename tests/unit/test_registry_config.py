@@ -44,7 +44,7 @@ def test_every_config_problem_is_reported_at_once():
     text = str(info.value)
     for expected in ["Unknown key 'train.optimiser'. Did you mean 'optimizer'?",
                      "'train.scheduler' must be one of none, cosine, step. Got 'cosin'. Did you mean 'cosine'?",
-                     "'modalities.text.kind' must be one of image, text, tabular. Got 'txt'."]:
+                     "'modalities.text.kind' must be one of image, text, audio, tabular. Got 'txt'."]:
         assert expected in text
     raw = minimal(train={"epochs": 0, "lr": -1}, head={"dropout": 1.5})
     with pytest.raises(ConfigError) as info:
