@@ -118,3 +118,40 @@ def test_list(capsys):
         assert f"  {name} " in out
     assert main(["list", "*net*"]) == 0
     assert "gru" not in capsys.readouterr().out
+
+
+def test_evaluate_robustness_and_attribution(trained, capsys):
+    tmp, manifest, run = trained
+    out = tmp / "rob"
+    assert main(["-q", "evaluate", str(run / "model"), str(manifest), "--out", str(out), "--robustness"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rob = m["robustness"]
+    assert rob["metric"] == "accuracy" and rob["clean"] == pytest.approx(m["accuracy"])
+    assert set(rob["removed"]) == set(rob["only"]) == {"image", "tabular", "text"}
+    corruptions = {(r["modality"], r["corruption"]) for r in rob["corrupted"]}
+    assert corruptions == {("image", "noise"), ("image", "occlusion"), ("text", "token_dropout"),
+                           ("tabular", "noise")}
+    assert all(0 <= r["accuracy"] <= 1 for r in rob["corrupted"])
+    assert set(m["attribution"]["shapley_share"]) == {"image", "tabular", "text"}
+    assert (out / "robustness.png").stat().st_size > 1000
+    summary = (out / "summary.md").read_text()
+    assert "## Modality contributions" in summary and "## Robustness" in summary
+
+
+def test_modality_dropout_reaches_the_training_batches(tmp_path, monkeypatch):
+    import crossfuse.engine.trainer as trainer_module
+    from crossfuse.config import parse_config
+    from crossfuse.engine import train
+
+    seen = []
+    real = trainer_module.drop_modalities
+
+    def spy(mask, rates):
+        out = real(mask, rates)
+        seen.append(sum(int((~v).sum()) for v in out.values()))
+        return out
+
+    monkeypatch.setattr(trainer_module, "drop_modalities", spy)
+    manifest = make_items(tmp_path / "d", n=24)
+    train(parse_config(tiny_config(manifest, tmp_path / "run", epochs=1, modality_dropout={"image": 0.5})))
+    assert seen and sum(seen) > 0

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("model", type=Path, help="model directory (config.json + model.safetensors)")
     e.add_argument("manifest", type=Path)
     e.add_argument("--out", type=Path, help="report directory (default: MODEL/../eval-MANIFEST)")
+    e.add_argument("--robustness", action="store_true",
+                   help="also score with each modality removed and corrupted at rising strength")
     _run_options(e)
 
     r = sub.add_parser("predict", help="write predictions for a manifest to CSV")
@@ -86,7 +88,8 @@ def cmd_evaluate(args) -> int:
     from crossfuse.engine import read_and_evaluate
 
     out = args.out or args.model.parent / f"eval-{args.manifest.stem}"
-    m = read_and_evaluate(args.model, args.manifest, out, args.on_bad_item, args.batch_size, args.num_workers)
+    m = read_and_evaluate(args.model, args.manifest, out, args.on_bad_item, args.batch_size, args.num_workers,
+                          robustness=args.robustness)
     print((out / "summary.md").read_text())
     print(f"report: {out}")
     return 0 if m else 1

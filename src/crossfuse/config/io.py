@@ -107,6 +107,14 @@ def check_values(cfg: Config) -> List[str]:
         (lambda: cfg.data.split.val_size + cfg.data.split.test_size < 1, "'data.split.val_size' + 'data.split.test_size' must be < 1."),
     ]
     p += [msg for ok, msg in checks if not _safe(ok)]
+    rates = t.modality_dropout if isinstance(t.modality_dropout, dict) else {"": t.modality_dropout}
+    for key, rate in (rates or {}).items():
+        if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            where = f"train.modality_dropout.{key}" if key else "train.modality_dropout"
+            p.append(f"'{where}' must be in [0, 1). Got {rate!r}.")
+        elif key and key not in cfg.modalities and cfg.modalities:
+            p.append(f"'train.modality_dropout.{key}': no modality '{key}'; modalities are "
+                     f"{', '.join(cfg.modalities)}")
     precisions = {"auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
     if t.precision not in precisions:
         p.append(f"'train.precision' must be one of {', '.join(sorted(precisions))}. Got {t.precision!r}.")

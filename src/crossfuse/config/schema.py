@@ -80,6 +80,9 @@ class TrainConfig:
     seed: int = 0
     class_weights: Literal["none", "balanced"] = "none"
     sampler: Literal["random", "balanced"] = "random"
+    # per item, drop each present modality with this probability (or {modality: p}) while training,
+    # so the model learns to predict from whatever subset an item arrives with
+    modality_dropout: Union[float, Dict[str, float]] = 0.0
     num_workers: int = 0
     accelerator: str = "auto"
     devices: Union[int, str] = 1

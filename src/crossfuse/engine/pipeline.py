@@ -148,12 +148,12 @@ def _check_monitor(monitor: str) -> None:
 
 
 def read_and_evaluate(model_dir: Path, manifest: Path, out_dir: Optional[Path], on_bad_item: str = "error",
-                      batch_size: int = 64, num_workers: int = 0) -> Dict[str, Any]:
+                      batch_size: int = 64, num_workers: int = 0, robustness: bool = False) -> Dict[str, Any]:
     predictor = Predictor.load(model_dir)
     df = read_manifest(manifest)
     return predictor.evaluate_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
-                                    out_dir=out_dir, progress=True, extra={"model": str(model_dir),
-                                                                          "manifest": str(manifest)})
+                                    out_dir=out_dir, progress=True, robustness=robustness,
+                                    extra={"model": str(model_dir), "manifest": str(manifest)})
 
 
 def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item: str = "error",

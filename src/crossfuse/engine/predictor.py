@@ -12,7 +12,9 @@ from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems
 from crossfuse.engine.inference import collect_outputs, softmax
+from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
+from crossfuse.metrics import plot_robustness
 from crossfuse.engine.task import TaskSpec
 from crossfuse.models import FusionModel, load_model, save_model
 
@@ -47,15 +49,22 @@ class Predictor:
                    getattr(self.processors[p.modality], "kind", "") != "tabular"}
         return kept, missing
 
-    def outputs(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
-                batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Dict[str, np.ndarray]:
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def loader(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
+               batch_size: int = 64, num_workers: int = 0) -> DataLoader:
         targets = self.task.encode(df[self.target]) if with_target else None
         ds = ManifestDataset(df, self.processors, base_dir, targets, train=False, missing=missing)
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=Collator(self.processors, regression=self.task.kind == "regression"))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(device)
-        return collect_outputs(self.model, loader, device, progress=progress)
+        return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=Collator(self.processors, regression=self.task.kind == "regression"))
+
+    def outputs(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
+                batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Dict[str, np.ndarray]:
+        loader = self.loader(df, base_dir, missing, with_target, batch_size, num_workers)
+        self.model.to(self.device)
+        return collect_outputs(self.model, loader, self.device, progress=progress)
 
     def predict_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>", on_bad_item: str = "error",
                       batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> pd.DataFrame:
@@ -82,17 +91,49 @@ class Predictor:
     def evaluate_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>",
                        on_bad_item: str = "error", batch_size: int = 64, num_workers: int = 0,
                        out_dir: Optional[Path] = None, progress: bool = False, title: str = "crossfuse evaluation",
-                       history=None, monitor=None, extra=None) -> Dict[str, Any]:
+                       history=None, monitor=None, extra=None, attribution: bool = True,
+                       robustness: bool = False) -> Dict[str, Any]:
+        """Metrics on labelled rows; with ``attribution`` each modality's Shapley contribution, with
+        ``robustness`` the metric with each modality removed or corrupted at rising strength."""
         kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item)
-        out = self.outputs(kept, base_dir, missing, with_target=True, batch_size=batch_size,
-                           num_workers=num_workers, progress=progress)
+        loader = self.loader(kept, base_dir, missing, True, batch_size, num_workers)
+        self.model.to(self.device)
+        out = collect_outputs(self.model, loader, self.device, progress=progress)
         metrics = self.task.metrics(out["logits"], out["targets"])
+        mods = list(self.model.fusion.modalities)
         if out["weights"] is not None:  # mean weight each modality got, over items that had it
-            w, m = out["weights"], out["mask"]
-            metrics["mean_modality_weight"] = {
-                mod: float(w[m[:, j], j].mean()) if m[:, j].any() else None
-                for j, mod in enumerate(self.model.fusion.modalities)}
+            w, m = out["weights"], out["mask"]  # both in the fusion's (sorted) modality order
+            metrics["mean_modality_weight"] = {mod: float(w[m[:, j], j].mean()) if m[:, j].any() else None
+                                               for j, mod in enumerate(mods)}
+        if attribution and len(mods) > 1 and len(mods) <= 8:
+            shap = modality_shapley(self.model, loader, self.device)
+            metrics["attribution"] = {"shapley_mean": shap["mean"], "shapley_share": shap["mean_abs_share"],
+                                      "explains": "probability of the predicted class" if
+                                      self.task.kind == "classification" else "standardised prediction"}
+        if robustness:
+            metrics["robustness"], curves = self._robustness(loader)
+            if out_dir is not None:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                r = metrics["robustness"]
+                plot_robustness(curves, r["clean"], Path(out_dir) / "robustness.png", r["metric"], r["removed"])
         if out_dir is not None:
             write_report(Path(out_dir), metrics, self.task.labels, history=history, monitor=monitor, title=title,
                          extra=extra)
         return metrics
+
+    def _robustness(self, loader: DataLoader):
+        name = "accuracy" if self.task.kind == "classification" else "rmse"
+        results = robustness_outputs(self.model, loader, self.device, self.processors)
+        score = {k: self.task.metrics(v["logits"], v["targets"])[name] for k, v in results.items()}
+        curves: Dict[str, list] = {}
+        corrupted = []
+        for k, v in results.items():
+            if v["kind"] == "corrupted":
+                curves.setdefault(f"{v['modality']}:{v['corruption']}", []).append((v["strength"], score[k]))
+                corrupted.append({"modality": v["modality"], "corruption": v["corruption"],
+                                  "strength": v["strength"], name: score[k]})
+        report = {"metric": name, "clean": score["clean"],
+                  "removed": {k.split(":", 1)[1]: v for k, v in score.items() if k.startswith("removed:")},
+                  "only": {k.split(":", 1)[1]: v for k, v in score.items() if k.startswith("only:")},
+                  "corrupted": corrupted}
+        return report, curves

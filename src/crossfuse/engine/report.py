@@ -38,6 +38,7 @@ def summary_text(metrics: Dict[str, Any], labels: Optional[List[str]], title: st
                 "mae", "rmse", "r2"]
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {metrics[k]:.4f} |" for k in headline if isinstance(metrics.get(k), float)]
+    lines += modality_sections(metrics)
     if labels and "per_class" in metrics:
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         for label in labels:
@@ -45,3 +46,29 @@ def summary_text(metrics: Dict[str, Any], labels: Optional[List[str]], title: st
             lines.append(f"| {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1-score']:.3f} "
                          f"| {int(r['support'])} |")
     return "\n".join(lines) + "\n"
+
+
+def modality_sections(metrics: Dict[str, Any]) -> List[str]:
+    """How much each modality counts (weights, Shapley) and what losing or degrading it costs."""
+    lines: List[str] = []
+    att, weights, rob = metrics.get("attribution"), metrics.get("mean_modality_weight"), metrics.get("robustness")
+    if att or weights:
+        mods = list((att or {}).get("shapley_share") or weights)
+        lines += ["", "## Modality contributions", "",
+                  f"Shapley values over modalities explain the {att['explains']}." if att else "",
+                  "", "| modality | Shapley share | mean Shapley value | mean fusion weight |", "|---|---|---|---|"]
+        for m in mods:
+            share = f"{att['shapley_share'][m]:.3f}" if att else "-"
+            mean = f"{att['shapley_mean'][m]:+.4f}" if att else "-"
+            w = weights.get(m) if weights else None
+            lines.append(f"| {m} | {share} | {mean} | {'-' if w is None else f'{w:.3f}'} |")
+    if rob:
+        metric = rob["metric"]
+        lines += ["", "## Robustness", "", f"Clean {metric}: {rob['clean']:.4f}", "",
+                  f"| modality | {metric} without it | {metric} with it alone |", "|---|---|---|"]
+        for m in rob["removed"]:
+            lines.append(f"| {m} | {rob['removed'][m]:.4f} | {rob['only'][m]:.4f} |")
+        lines += ["", f"| modality | corruption | strength | {metric} |", "|---|---|---|---|"]
+        lines += [f"| {r['modality']} | {r['corruption']} | {r['strength']} | {r[metric]:.4f} |" for r in rob["corrupted"]]
+        lines += ["", "![robustness](robustness.png)"]
+    return lines

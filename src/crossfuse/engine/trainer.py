@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from crossfuse.config.schema import TrainConfig
 from crossfuse.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossfuse.engine.inference import collect_outputs
+from crossfuse.engine.missing import drop_modalities
+from crossfuse.types import Batch
 
 log = logging.getLogger(__name__)
 MetricsFn = Callable[[np.ndarray, np.ndarray], Dict[str, Any]]
@@ -123,6 +125,11 @@ class Trainer:
 
         return factor
 
+    def _dropout_rates(self, batch: Batch) -> Dict[str, float]:
+        md = self.cfg.modality_dropout
+        rates = dict(md) if isinstance(md, dict) else {m: float(md) for m in batch.mask}
+        return rates if any(rates.values()) else {}
+
     def _improved(self, score: float, best: Optional[float]) -> bool:
         if best is None:
             return True
@@ -180,6 +187,9 @@ class Trainer:
                        disable=None if (c.progress and self.is_main) else True)
             for batch in bar:
                 batch = batch.to(fabric.device)
+                rates = self._dropout_rates(batch)
+                if rates:  # the same mask path as inference; only the mask changes
+                    batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index)
                 out = model(batch)
                 loss = self.loss_fn(out.logits.float(), batch.target)
                 optimizer.zero_grad(set_to_none=True)

@@ -57,3 +57,24 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], pa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_robustness(curves: Dict[str, List[tuple]], baseline: float, path: str | Path, metric: str,
+                    removed: Dict[str, float]) -> None:
+    """One line per modality corruption: the metric from clean data through rising strength to the
+    modality removed altogether."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, points in curves.items():
+        modality = label.split(":")[0]
+        xs = list(range(len(points) + 2))
+        ys = [baseline] + [v for _, v in points] + [removed.get(modality, np.nan)]
+        ax.plot(xs, ys, marker="o", label=f"{label} ({', '.join(str(s) for s, _ in points)})")
+    ax.axhline(baseline, color="grey", ls="--", lw=1)
+    ax.set(xlabel="corruption strength (0 = clean, last = modality removed)", ylabel=metric,
+           title=f"Robustness: {metric} as each modality degrades")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

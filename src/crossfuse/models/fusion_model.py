@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,6 +20,11 @@ from crossfuse.types import Batch, ModelOutput
 CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE = "config.json", "model.safetensors", "processors.json"
 
 
+class Encoded(NamedTuple):
+    features: Dict[str, torch.Tensor]
+    sequences: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]]
+
+
 class FusionModel(nn.Module):
     """Composes encoders, a fusion method and a head; nothing else."""
 
@@ -30,23 +35,32 @@ class FusionModel(nn.Module):
         self.fusion = fusion
         self.head = head
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        if getattr(self.fusion, "wants_sequences", False):
-            # token-level fusion: encoders that can emit sequences do; the rest give one vector
-            sequences, features = {}, {}
-            for m, enc in self.encoders.items():
-                if hasattr(enc, "forward_sequence"):
-                    seq, seq_mask = enc.forward_sequence(batch.inputs[m])
-                    sequences[m] = (seq, seq_mask)
-                    features[m] = masked_mean(seq, seq_mask, dim=1)
-                else:
-                    features[m] = enc(batch.inputs[m])
-            fused = self.fusion(features, batch.mask, sequences=sequences)
+    def encode(self, batch: Batch) -> Encoded:
+        """Per-modality features (and, for token-level fusion, sequences) of a batch."""
+        sequences: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        features: Dict[str, torch.Tensor] = {}
+        token_level = getattr(self.fusion, "wants_sequences", False)
+        for m, enc in self.encoders.items():
+            if token_level and hasattr(enc, "forward_sequence"):
+                seq, seq_mask = enc.forward_sequence(batch.inputs[m])
+                sequences[m] = (seq, seq_mask)
+                features[m] = masked_mean(seq, seq_mask, dim=1)
+            else:
+                features[m] = enc(batch.inputs[m])
+        return Encoded(features, sequences if token_level else None)
+
+    def fuse(self, encoded: Encoded, mask: Mapping[str, torch.Tensor]) -> ModelOutput:
+        """Fusion and head for given features and presence mask; encoders are not rerun, so
+        what-if questions (a modality removed) cost one fusion pass each."""
+        if encoded.sequences is not None:
+            fused = self.fusion(encoded.features, mask, sequences=encoded.sequences)
         else:
-            features = {m: enc(batch.inputs[m]) for m, enc in self.encoders.items()}
-            fused = self.fusion(features, batch.mask)
+            fused = self.fusion(encoded.features, mask)
         return ModelOutput(logits=self.head(fused.fused), fused=fused.fused, weights=fused.weights,
-                           features=features)
+                           features=encoded.features)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        return self.fuse(self.encode(batch), batch.mask)
 
     # --- self-description -----------------------------------------------------------------
     def architecture(self) -> Dict[str, Any]:

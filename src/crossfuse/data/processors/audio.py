@@ -49,6 +49,7 @@ class AudioProcessor(Processor):
     """
 
     kind = "audio"
+    corruptions = {"noise_snr": [20.0, 10.0, 0.0, -5.0, -10.0]}
 
     def __init__(self, columns, **params):
         super().__init__(columns, **params)
@@ -146,6 +147,14 @@ class AudioProcessor(Processor):
             return None
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows the worker's torch seed
         return torch.from_numpy(self.waveform(wave, train, np.random.default_rng(seed)))
+
+    def corrupt(self, inputs: torch.Tensor, name: str, strength: float, generator: torch.Generator) -> torch.Tensor:
+        """noise_snr: white noise at ``strength`` dB SNR relative to each clip's power."""
+        if name != "noise_snr":
+            return super().corrupt(inputs, name, strength, generator)
+        power = inputs.pow(2).mean(1, keepdim=True) + 1e-12
+        noise = torch.randn(inputs.shape, generator=generator).to(inputs)
+        return inputs + noise * (power / 10 ** (strength / 10)).sqrt()
 
     def collate(self, items: List[Optional[torch.Tensor]]):
         mask = torch.tensor([x is not None for x in items])

@@ -20,6 +20,8 @@ class Processor:
     """
 
     kind: str = ""
+    # corruption name -> strengths for robustness curves, mildest first (see ``corrupt``)
+    corruptions: Dict[str, List[float]] = {}
 
     def __init__(self, columns: Sequence[str], **params: Any):
         self.columns = list(columns)
@@ -43,6 +45,10 @@ class Processor:
 
     def collate(self, items: List[Optional[Any]]) -> Tuple[Any, torch.Tensor]:
         raise NotImplementedError
+
+    def corrupt(self, inputs: Any, name: str, strength: float, generator: torch.Generator) -> Any:
+        """Collated ``inputs`` with corruption ``name`` applied at ``strength`` (robustness tests)."""
+        raise NotImplementedError(f"{type(self).__name__} has no corruption {name!r}")
 
     def state(self) -> Dict[str, Any]:
         return {"kind": self.kind, "columns": self.columns, "params": self.params}

@@ -30,6 +30,7 @@ class ImageProcessor(Processor):
     """
 
     kind = "image"
+    corruptions = {"noise": [0.25, 0.5, 1.0, 2.0], "occlusion": [0.1, 0.25, 0.5, 0.75]}
 
     def configure(self, encoder: Any) -> None:
         dc = getattr(encoder, "data_config", None) or {}
@@ -102,6 +103,22 @@ class ImageProcessor(Processor):
         mask = torch.tensor([x is not None for x in items])
         fill = torch.zeros(3, size, size)
         return torch.stack([fill if x is None else x for x in items]), mask
+
+    def corrupt(self, inputs: torch.Tensor, name: str, strength: float, generator: torch.Generator) -> torch.Tensor:
+        """noise: Gaussian noise of std ``strength`` in normalised units; occlusion: a random square
+        covering ``strength`` of the image set to 0 (the mean colour after normalisation)."""
+        if name == "noise":
+            return inputs + torch.randn(inputs.shape, generator=generator).to(inputs) * strength
+        if name == "occlusion":
+            out = inputs.clone()
+            b, _, h, w = out.shape
+            side_h, side_w = int(round(h * strength ** 0.5)), int(round(w * strength ** 0.5))
+            for i in range(b):
+                y = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
+                x = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
+                out[i, :, y:y + side_h, x:x + side_w] = 0
+            return out
+        return super().corrupt(inputs, name, strength, generator)
 
     def __getstate__(self):  # transforms are rebuilt lazily in each worker
         return {k: v for k, v in self.__dict__.items() if not k.endswith("_tf")}

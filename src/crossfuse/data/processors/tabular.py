@@ -20,6 +20,7 @@ class TabularProcessor(Processor):
     """
 
     kind = "tabular"
+    corruptions = {"noise": [0.25, 0.5, 1.0, 2.0]}
 
     def __init__(self, columns, numeric: Optional[Dict[str, Dict[str, float]]] = None,
                  categorical_vocab: Optional[Dict[str, List[str]]] = None, **params):
@@ -88,6 +89,17 @@ class TabularProcessor(Processor):
                 num[r] = torch.from_numpy(x["numeric"])
                 cat[r] = torch.from_numpy(x["categorical"])
         return {"numeric": num, "categorical": cat}, mask
+
+    def corrupt(self, inputs: Dict[str, torch.Tensor], name: str, strength: float,
+                generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        """noise: Gaussian noise of std ``strength`` on the standardised numerics, and each category
+        replaced by "unknown" with probability min(1, strength / 2)."""
+        if name != "noise":
+            return super().corrupt(inputs, name, strength, generator)
+        num, cat = inputs["numeric"], inputs["categorical"]
+        noisy = num + torch.randn(num.shape, generator=generator).to(num) * strength
+        unknown = torch.rand(cat.shape, generator=generator) < min(1.0, strength / 2)
+        return {"numeric": noisy, "categorical": cat.masked_fill(unknown.to(cat.device), 0)}
 
     def state(self) -> Dict[str, Any]:
         s = super().state()

@@ -20,6 +20,7 @@ class TextProcessor(Processor):
     """
 
     kind = "text"
+    corruptions = {"token_dropout": [0.1, 0.3, 0.5, 0.8]}
 
     def __init__(self, columns, tokenizer_json: Optional[str] = None, **params):
         super().__init__(columns, **params)
@@ -97,6 +98,24 @@ class TextProcessor(Processor):
             input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention[r, : len(seq)] = 1
         return {"input_ids": input_ids, "attention_mask": attention}, mask
+
+    def corrupt(self, inputs: Dict[str, torch.Tensor], name: str, strength: float,
+                generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        """token_dropout: each token is deleted with probability ``strength`` (one always stays)."""
+        if name != "token_dropout":
+            return super().corrupt(inputs, name, strength, generator)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        out_ids, out_mask = torch.full_like(ids, self.pad_id), torch.zeros_like(mask)
+        for r in range(ids.shape[0]):
+            tokens = ids[r][mask[r].bool()]
+            if len(tokens) == 0:
+                continue
+            keep = torch.rand(len(tokens), generator=generator) >= strength
+            if not keep.any():
+                keep[int(torch.randint(0, len(tokens), (1,), generator=generator))] = True
+            kept = tokens[keep]
+            out_ids[r, : len(kept)], out_mask[r, : len(kept)] = kept, 1
+        return {"input_ids": out_ids, "attention_mask": out_mask}
 
     def state(self) -> Dict[str, Any]:
         s = super().state()
