@@ -21,10 +21,28 @@ def test_demo_data_is_deterministic_and_ambiguous_per_view(tmp_path):
 
 def test_demo_command_writes_the_comparison(tmp_path, capsys):
     build_digits_demo(tmp_path / "data", limit=150)
-    assert main(["-q", "demo", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), "--epochs", "1"]) == 0
+    assert main(["-q", "demo", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), "--epochs", "1",
+                 "--fusions", "concat,weighted"]) == 0
     rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert [r["model"] for r in rows] == ["image only", "text only", "tabular only", "concat fusion",
-                                         "weighted fusion", "attention fusion"]
+                                         "weighted fusion"]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 1000
-    assert "| attention fusion | image+text+tabular |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "weighted_fusion" / "seed0" / "model" / "model.safetensors").is_file()
+    assert "| weighted fusion | image+text+tabular |" in capsys.readouterr().out
+
+
+def test_compare_over_seeds(tmp_path, capsys):
+    import yaml
+
+    from conftest import make_items, tiny_config
+
+    manifest = make_items(tmp_path / "d", n=30)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(manifest, tmp_path / "run", epochs=1)))
+    assert main(["-q", "compare", str(cfg), "--seeds", "0", "1", "--fusions", "late,gated"]) == 0
+    rows = json.loads((tmp_path / "run-compare" / "comparison.json").read_text())
+    assert [r["model"] for r in rows] == ["image only", "tabular only", "text only", "late fusion", "gated fusion"]
+    assert all(len(r["runs"]) == 2 and r["accuracy_std"] >= 0 for r in rows)
+    assert "mean +- std over 2 seeds" in capsys.readouterr().out
+    assert not (tmp_path / "run-compare" / "late_fusion").exists()  # runs not kept unless asked

@@ -45,10 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered encoders and fusion methods")
     ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*net*'")
 
+    c = sub.add_parser("compare", help="train every fusion method and each single modality over several seeds")
+    c.add_argument("config", type=Path)
+    c.add_argument("overrides", nargs="*")
+    c.add_argument("--out", type=Path, help="default: the config's output_dir + '-compare'")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    c.add_argument("--fusions", help="comma-separated fusion methods (default: every registered one)")
+    c.add_argument("--no-singles", action="store_true", help="skip the single-modality baselines")
+    c.add_argument("--save-runs", action="store_true", help="keep every run's model and report")
+
     d = sub.add_parser("demo", help="build the digits demo and compare single modalities with fusion")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--data", type=Path, default=Path("data/demo"))
     d.add_argument("--epochs", type=int)
+    d.add_argument("--fusions", help="comma-separated fusion methods (default: every registered one)")
     return p
 
 
@@ -140,17 +150,34 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from crossfuse.demo import comparison_table, run_demo
+def cmd_compare(args) -> int:
+    from crossfuse.compare import comparison_table, run_comparison
+    from crossfuse.config import load_config
 
-    rows = run_demo(args.out, args.data, epochs=args.epochs)
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or Path(f"{cfg.output_dir}-compare")
+    fusions = args.fusions.split(",") if args.fusions else None
+    rows = run_comparison(cfg, out, fusions=fusions, seeds=args.seeds, singles=not args.no_singles,
+                          save_runs=args.save_runs)
     print(comparison_table(rows))
-    print(f"\nreports: {args.out}/*/summary.md; comparison: {args.out}/comparison.md, {args.out}/comparison.png")
+    print(f"\ncomparison: {out}/comparison.md, {out}/comparison.png, {out}/comparison.json")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from crossfuse.compare import comparison_table
+    from crossfuse.demo import run_demo
+
+    fusions = args.fusions.split(",") if args.fusions else None
+    rows = run_demo(args.out, args.data, epochs=args.epochs, fusions=fusions)
+    print(comparison_table(rows))
+    print(f"\nreports: {args.out}/<model>/seed0/summary.md; comparison: {args.out}/comparison.md, "
+          f"{args.out}/comparison.png")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "validate": cmd_validate,
-            "list": cmd_list, "demo": cmd_demo}
+            "list": cmd_list, "compare": cmd_compare, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())
