@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: venv install install-test demo test lint clean
+.PHONY: venv install install-test demo test clean espeak-ng benchmark-missing benchmark-memory
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q
+
+# espeak-ng synthesises the spoken digits of AV-digits; Debian package, needs root (as in CI)
+espeak-ng:
+	@command -v espeak-ng >/dev/null || (apt-get update -q && apt-get install -y -q espeak-ng)
+
+benchmark-missing: install espeak-ng
+	$(PY) benchmarks/missing_modalities.py
+
+benchmark-memory: install
+	$(PY) benchmarks/streaming_memory.py
 
 clean:
 	rm -rf $(VENV) runs data/demo

@@ -155,3 +155,15 @@ def test_modality_dropout_reaches_the_training_batches(tmp_path, monkeypatch):
     manifest = make_items(tmp_path / "d", n=24)
     train(parse_config(tiny_config(manifest, tmp_path / "run", epochs=1, modality_dropout={"image": 0.5})))
     assert seen and sum(seen) > 0
+
+
+def test_predict_with_a_whole_modality_absent(trained, capsys):
+    """Items with no caption at all: with --on-bad-item missing the model predicts from the rest."""
+    tmp, manifest, run = trained
+    no_text = manifest.parent / "no_text.csv"
+    pd.read_csv(manifest).drop(columns=["caption", "label"]).to_csv(no_text, index=False)
+    out = tmp / "p.csv"
+    assert main(["-q", "predict", str(run / "model"), str(no_text), "--out", str(out), "--on-bad-item", "missing"]) == 0
+    pred = pd.read_csv(out)
+    assert len(pred) == 60 and (pred["weight_text"] == 0).all()  # attention gives the absent text nothing
+    assert np.allclose(pred[["weight_image", "weight_tabular"]].sum(1), 1, atol=1e-5)

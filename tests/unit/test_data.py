@@ -127,3 +127,13 @@ def test_unknown_split_value(items, tmp_path):
     df.to_csv(items, index=False)
     with pytest.raises(DataError, match="row 41, column 'split': unknown split 'holdout'"):
         train(parse_config(tiny_config(items, tmp_path / "out")))
+
+
+def test_early_stopping_metric_must_suit_the_task(items, tmp_path):
+    from crossfuse.errors import ConfigError
+
+    raw = tiny_config(items, tmp_path / "out")
+    raw["train"]["early_stopping"] = {"metric": "rmse"}
+    with pytest.raises(ConfigError, match="must be one of accuracy, f1_macro.* for classification. Got 'rmse'"):
+        train(parse_config(raw))
+    assert not (tmp_path / "out").exists()

@@ -3,8 +3,8 @@ from crossfuse.data.dataset import Collator, ManifestDataset
 from crossfuse.data.manifest import infer_modalities, read_manifest
 from crossfuse.data.processors import PROCESSORS, Processor, processor_from_state
 from crossfuse.data.split import split_frame
-from crossfuse.data.validate import apply_policy, check_columns, find_problems, label_str
+from crossfuse.data.validate import apply_policy, check_columns, find_problems, label_str, missing_cells
 
 __all__ = ["Collator", "ManifestDataset", "PROCESSORS", "Processor", "apply_policy", "check_columns",
-           "find_problems", "infer_modalities", "label_str", "processor_from_state", "read_manifest",
+           "find_problems", "infer_modalities", "label_str", "missing_cells", "processor_from_state", "read_manifest",
            "split_frame"]

@@ -95,3 +95,11 @@ def _is_number(v) -> bool:
         return np.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+def missing_cells(problems: List[Problem], processors: Mapping[str, Processor]) -> set:
+    """(row, modality) pairs that a bad file or empty cell turns into a missing modality.
+
+    Tabular problems are not among them: a bad numeric cell is imputed, the modality stays.
+    """
+    return {(p.row, p.modality) for p in problems if p.modality and processors[p.modality].kind != "tabular"}

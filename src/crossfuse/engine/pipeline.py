@@ -16,9 +16,9 @@ import crossfuse
 from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
-                            infer_modalities, read_manifest, split_frame)
+                            infer_modalities, missing_cells, read_manifest, split_frame)
 from crossfuse.engine.predictor import Predictor
-from crossfuse.engine.task import HIGHER_IS_BETTER, LOWER_IS_BETTER, TaskSpec, infer_task
+from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
 from crossfuse.errors import ConfigError
 from crossfuse.models import build_model, component_problems, make_processors, param_counts
@@ -78,9 +78,11 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     base_dir = Path(base_dir or ".")
     cfg = resolve_config(cfg, df)
     target = cfg.data.target
+    monitor = cfg.train.early_stopping.metric or ("rmse" if cfg.data.task == "regression" else "f1_macro")
+    _check_monitor(monitor, cfg.data.task)
     processors, problems = validate_data(cfg, df, base_dir, file)
     df, policy_report = apply_policy(df, problems, cfg.data.on_bad_item, target)
-    missing = {(p.row, p.modality) for p in problems if p.modality and cfg.modalities[p.modality].kind != "tabular"}
+    missing = missing_cells(problems, processors)
 
     task = TaskSpec.fit(cfg.data.task, df[target], file, target)
     splits = split_frame(df, cfg.data.split, target, stratify=task.kind == "classification", file=file)
@@ -98,8 +100,6 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
                                train=is_train, missing=missing)
 
     class_weights, sample_weights = _balancing(cfg, task, train_y)
-    monitor = cfg.train.early_stopping.metric or task.monitor_default
-    _check_monitor(monitor)
     out_dir = Path(cfg.output_dir) if save else None
     trainer = Trainer(cfg.train, task.loss(class_weights), task.metrics, monitor, monitor in HIGHER_IS_BETTER,
                       checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
@@ -118,7 +118,7 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
              **{f"{k}_items": v for k, v in sizes.items()}, **{f"policy_{k}": v for k, v in policy_report.items()}}
     is_main = trainer.is_main
     metrics = predictor.evaluate_frame(
-        splits[eval_part], base_dir, file, on_bad_item="missing", batch_size=cfg.train.batch_size,
+        splits[eval_part], base_dir, file, on_bad_item="missing", batch_size=cfg.train.batch_size, check_files=False,
         out_dir=out_dir if (out_dir is not None and is_main) else None, history=result.history, monitor=monitor,
         title=f"crossfuse: {cfg.fusion.name} fusion of {', '.join(cfg.modalities)}", extra=extra)
     if out_dir is not None and is_main:
@@ -141,10 +141,11 @@ def _balancing(cfg: Config, task: TaskSpec, train_y: np.ndarray):
     return class_weights, sample_weights
 
 
-def _check_monitor(monitor: str) -> None:
-    if monitor not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
-        known = ", ".join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))
-        raise ConfigError(f"'train.early_stopping.metric' must be one of {known}. Got {monitor!r}.")
+def _check_monitor(monitor: str, task: str) -> None:
+    known = sorted(REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS)
+    if monitor not in known:
+        raise ConfigError(f"'train.early_stopping.metric' must be one of {', '.join(known)} for {task}. "
+                          f"Got {monitor!r}.")
 
 
 def read_and_evaluate(model_dir: Path, manifest: Path, out_dir: Optional[Path], on_bad_item: str = "error",

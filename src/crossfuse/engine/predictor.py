@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems
+from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, missing_cells
 from crossfuse.engine.inference import collect_outputs, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
@@ -39,15 +39,21 @@ class Predictor:
 
     def prepare(self, df: pd.DataFrame, base_dir: Path, file: str, with_target: bool, on_bad_item: str = "error",
                 open_files: bool = True):
-        """Check ``df`` against what the model expects; returns (rows to use, bad (row, modality) cells)."""
+        """Check ``df`` against what the model expects; returns (rows to use, bad (row, modality) cells).
+
+        With ``on_bad_item="missing"`` a modality whose columns are all absent is missing for
+        every row (e.g. predicting for items that have no audio at all).
+        """
         target = self.target if with_target else None
+        absent = [m for m, p in self.processors.items() if not any(c in df.columns for c in p.columns)]
+        if on_bad_item == "missing" and absent and len(absent) < len(self.processors):
+            log.warning("Modalities with no column in %s are missing for every row: %s", file, ", ".join(absent))
+            df = df.assign(**{c: np.nan for m in absent for c in self.processors[m].columns})
         check_columns(df, self.processors, file, target)
         problems = find_problems(df, self.processors, file, base_dir, target, self.task.kind,
                                  labels=self.task.labels, open_files=open_files)
         kept, _ = apply_policy(df, problems, on_bad_item, target)
-        missing = {(p.row, p.modality) for p in problems if p.modality and
-                   getattr(self.processors[p.modality], "kind", "") != "tabular"}
-        return kept, missing
+        return kept, missing_cells(problems, self.processors)
 
     @property
     def device(self) -> torch.device:
@@ -92,10 +98,11 @@ class Predictor:
                        on_bad_item: str = "error", batch_size: int = 64, num_workers: int = 0,
                        out_dir: Optional[Path] = None, progress: bool = False, title: str = "crossfuse evaluation",
                        history=None, monitor=None, extra=None, attribution: bool = True,
-                       robustness: bool = False) -> Dict[str, Any]:
+                       robustness: bool = False, check_files: bool = True) -> Dict[str, Any]:
         """Metrics on labelled rows; with ``attribution`` each modality's Shapley contribution, with
         ``robustness`` the metric with each modality removed or corrupted at rising strength."""
-        kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item)
+        kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item,
+                                     open_files=check_files)
         loader = self.loader(kept, base_dir, missing, True, batch_size, num_workers)
         self.model.to(self.device)
         out = collect_outputs(self.model, loader, self.device, progress=progress)

@@ -48,10 +48,6 @@ class TaskSpec:
     def out_dim(self) -> int:
         return len(self.labels) if self.kind == "classification" else 1
 
-    @property
-    def monitor_default(self) -> str:
-        return "f1_macro" if self.kind == "classification" else "rmse"
-
     def encode(self, target: pd.Series) -> np.ndarray:
         if self.kind == "classification":
             index = {l: i for i, l in enumerate(self.labels)}
@@ -87,6 +83,7 @@ def _natural(label: str):
         return (1, 0.0, label)
 
 
-HIGHER_IS_BETTER = {"accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro",
-                    "roc_auc", "r2"}
-LOWER_IS_BETTER = {"loss", "mae", "rmse"}
+CLASSIFICATION_METRICS = {"accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro",
+                          "roc_auc", "loss"}
+REGRESSION_METRICS = {"mae", "rmse", "r2", "loss"}
+HIGHER_IS_BETTER = (CLASSIFICATION_METRICS | {"r2"}) - {"loss"}
