@@ -12,6 +12,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the embedding cache of a test session lives in its own temporary directory, never in ~/.cache
+import tempfile  # noqa: E402
+
+os.environ["CROSSFUSE_CACHE"] = tempfile.mkdtemp(prefix="crossfuse-test-cache-")
 
 CLASSES = ("cat", "dog", "fish")
 COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 200)}

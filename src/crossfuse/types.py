@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 
@@ -36,7 +36,15 @@ class Batch:
         )
 
 
+class CachedFeatures(NamedTuple):
+    """A modality's encoder output read from the embedding cache: the encoder is skipped."""
+
+    values: torch.Tensor
+
+
 def _to(value: Any, device) -> Any:
+    if isinstance(value, CachedFeatures):
+        return CachedFeatures(value.values.to(device))
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered encoders and fusion methods")
     ls.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*net*'")
 
+    k = sub.add_parser("cache", help="inspect or clear the embedding cache")
+    k.add_argument("action", choices=["info", "clear"])
+    k.add_argument("--dir", type=Path, help="cache directory (default: $CROSSFUSE_CACHE or ~/.cache/crossfuse/embeddings)")
+    k.add_argument("--namespace", help="clear only this namespace (as listed by info)")
+
     c = sub.add_parser("compare", help="train every fusion method and each single modality over several seeds")
     c.add_argument("config", type=Path)
     c.add_argument("overrides", nargs="*")
@@ -150,6 +155,24 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from crossfuse.cache import clear, default_root, namespaces
+
+    root = args.dir or default_root()
+    if args.action == "clear":
+        print(f"removed {clear(root, args.namespace)} files from {root}")
+        return 0
+    stores = namespaces(root)
+    print(f"cache: {root}")
+    print("| namespace | encoder | dim | entries | shards | orphans | MiB |\n|---|---|---|---|---|---|---|")
+    for st in stores:
+        i = st.info()
+        print(f"| {i['namespace']} | {i.get('encoder', '?')} | {i.get('dim', '?')} | {i['entries']} | {i['shards']} "
+              f"| {i['orphans']} | {i['bytes'] / 2**20:.1f} |")
+    print(f"{len(stores)} namespace(s), {sum(len(s) for s in stores)} vectors")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from crossfuse.compare import comparison_table, run_comparison
     from crossfuse.config import load_config
@@ -177,7 +200,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "validate": cmd_validate,
-            "list": cmd_list, "compare": cmd_compare, "demo": cmd_demo}
+            "list": cmd_list, "cache": cmd_cache, "compare": cmd_compare, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,12 +92,20 @@ class TrainConfig:
 
 
 @dataclass
+class CacheConfig:
+    enabled: bool = True  # frozen encoders' outputs are computed once and read from disk after
+    dir: Optional[str] = None  # default: $CROSSFUSE_CACHE or ~/.cache/crossfuse/embeddings
+    batch_size: int = 64  # extraction batch size
+
+
+@dataclass
 class Config:
     modalities: Dict[str, ModalityConfig] = field(default_factory=dict)  # empty: inferred from the manifest
     data: DataConfig = field(default_factory=DataConfig)
     fusion: Component = field(default_factory=lambda: Component("concat"))
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     output_dir: str = "runs/latest"
 
     def to_dict(self) -> Dict[str, Any]:

@@ -37,8 +37,9 @@ class ManifestDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        row = {c: values[i] for c, values in self.columns.items()}
         row_id = int(self.rows[i])
+        row = {c: values[i] for c, values in self.columns.items()}
+        row["__row__"] = row_id  # lets a cached modality find the row's content key
         items = {m: None if (row_id, m) in self.missing else p.load(row, self.base_dir, self.train)
                  for m, p in self.processors.items()}
         target = None if self.targets is None else self.targets[i]

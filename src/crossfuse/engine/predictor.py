@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, missing_cells
+from crossfuse.engine.extract import cache_modalities
 from crossfuse.engine.inference import collect_outputs, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, model: FusionModel, processors: Mapping[str, Any], task: TaskSpec, meta: Dict[str, Any]):
+    def __init__(self, model: FusionModel, processors: Mapping[str, Any], task: TaskSpec, meta: Dict[str, Any],
+                 cache_root: Optional[Path] = None):
         self.model, self.processors, self.task, self.meta = model, dict(processors), task, meta
+        self.cache_root = cache_root  # set: frozen encoders' outputs are read from (and added to) the cache
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
@@ -60,11 +63,15 @@ class Predictor:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def loader(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
-               batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+               batch_size: int = 64, num_workers: int = 0, use_cache: bool = True) -> DataLoader:
         targets = self.task.encode(df[self.target]) if with_target else None
-        ds = ManifestDataset(df, self.processors, base_dir, targets, train=False, missing=missing)
+        sources = dict(self.processors)
+        if use_cache and self.cache_root is not None:
+            sources.update(cache_modalities(self.model, self.processors, df, base_dir, self.cache_root, batch_size,
+                                            num_workers, device=self.device, missing=missing, progress=False))
+        ds = ManifestDataset(df, sources, base_dir, targets, train=False, missing=missing)
         return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                          collate_fn=Collator(self.processors, regression=self.task.kind == "regression"))
+                          collate_fn=Collator(sources, regression=self.task.kind == "regression"))
 
     def outputs(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
                 batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Dict[str, np.ndarray]:
@@ -103,7 +110,8 @@ class Predictor:
         ``robustness`` the metric with each modality removed or corrupted at rising strength."""
         kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item,
                                      open_files=check_files)
-        loader = self.loader(kept, base_dir, missing, True, batch_size, num_workers)
+        # corruptions need the raw inputs, so robustness runs the encoders instead of the cache
+        loader = self.loader(kept, base_dir, missing, True, batch_size, num_workers, use_cache=not robustness)
         self.model.to(self.device)
         out = collect_outputs(self.model, loader, self.device, progress=progress)
         metrics = self.task.metrics(out["logits"], out["targets"])

@@ -15,7 +15,7 @@ from crossfuse.errors import CrossfuseError
 from crossfuse.fusion import FUSIONS, Fusion
 from crossfuse.heads import Head
 from crossfuse.layers import masked_mean
-from crossfuse.types import Batch, ModelOutput
+from crossfuse.types import Batch, CachedFeatures, ModelOutput
 
 CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE = "config.json", "model.safetensors", "processors.json"
 
@@ -41,7 +41,9 @@ class FusionModel(nn.Module):
         features: Dict[str, torch.Tensor] = {}
         token_level = getattr(self.fusion, "wants_sequences", False)
         for m, enc in self.encoders.items():
-            if token_level and hasattr(enc, "forward_sequence"):
+            if isinstance(batch.inputs[m], CachedFeatures):  # read from the embedding cache
+                features[m] = batch.inputs[m].values
+            elif token_level and hasattr(enc, "forward_sequence"):
                 seq, seq_mask = enc.forward_sequence(batch.inputs[m])
                 sequences[m] = (seq, seq_mask)
                 features[m] = masked_mean(seq, seq_mask, dim=1)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+from crossfuse.data.processors.base import CellProblem, Processor, file_digest, is_blank
 from crossfuse.data.processors.image import resolve_path
 
 SILENCE_PEAK = 1e-4  # below this (about -80 dBFS) a clip carries no signal
@@ -133,6 +133,9 @@ class AudioProcessor(Processor):
             low, high = aug["noise_snr"]
             wave = add_noise(wave, float(rng.uniform(low, high)), rng)
         return wave.astype(np.float32)
+
+    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
+        return file_digest(row[self.column], base_dir)
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
         value = row[self.column]

@@ -50,12 +50,40 @@ class Processor:
         """Collated ``inputs`` with corruption ``name`` applied at ``strength`` (robustness tests)."""
         raise NotImplementedError(f"{type(self).__name__} has no corruption {name!r}")
 
+    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
+        """A digest of the item's content for the embedding cache; None when it has none."""
+        return None
+
+    def cache_settings(self) -> Dict[str, Any]:
+        """What of this processor's state changes encoder outputs (train-time augmentation does not)."""
+        state = self.state()
+        state["params"] = {k: v for k, v in state["params"].items() if k != "augment"}
+        return state
+
+    @property
+    def augments(self) -> bool:
+        return bool(self.params.get("augment"))
+
     def state(self) -> Dict[str, Any]:
         return {"kind": self.kind, "columns": self.columns, "params": self.params}
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "Processor":
         return cls(state["columns"], **state["params"])
+
+
+def file_digest(value: Any, base_dir: Path) -> Optional[str]:
+    """sha256 of a file's bytes (None for a blank cell or a file that is not there)."""
+    import hashlib
+
+    if is_blank(value):
+        return None
+    path = Path(str(value))
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def is_blank(value: Any) -> bool:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+from crossfuse.data.processors.base import CellProblem, Processor, file_digest, is_blank
 
 
 def resolve_path(value: Any, base_dir: Path) -> Path:
@@ -84,6 +84,9 @@ class ImageProcessor(Processor):
             steps.append(v2.RandomRotation(float(aug["rotation"])))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.params["mean"], self.params["std"])]
         return v2.Compose(steps)
+
+    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
+        return file_digest(row[self.column], base_dir)
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
         value = row[self.column]

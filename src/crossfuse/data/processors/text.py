@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 import torch
 
-from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+from crossfuse.data.processors.base import CellProblem, Processor, file_digest, is_blank
 
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -81,6 +81,12 @@ class TextProcessor(Processor):
 
     def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
         return [(pos, self.column, "empty text") for pos, v in enumerate(df[self.column].tolist()) if is_blank(v)]
+
+    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
+        import hashlib
+
+        value = row[self.column]
+        return None if is_blank(value) else hashlib.sha256(str(value).encode()).hexdigest()
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[str]:
         value = row[self.column]

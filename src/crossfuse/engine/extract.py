@@ -1,0 +1,130 @@
+"""Feature extraction into the embedding cache, and the stand-in that serves cached vectors.
+
+A modality is cached when its encoder is frozen (no trainable parameter) and its processor does
+no train-time augmentation: its outputs then depend only on the item's content, the encoder and
+its weights, and the preprocessing settings, which together key the cache. Everything else
+(a changed file, other weights, another image size) misses.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from crossfuse.cache import EmbeddingStore
+from crossfuse.data import Collator, ManifestDataset
+from crossfuse.data.processors import Processor
+from crossfuse.types import Batch, CachedFeatures
+
+log = logging.getLogger(__name__)
+
+
+def is_frozen(encoder: torch.nn.Module) -> bool:
+    return not any(p.requires_grad for p in encoder.parameters())
+
+
+def fingerprint(encoder, processor: Processor) -> str:
+    """Digest of the encoder's identity, its weights and the processor's output-relevant settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"encoder": encoder.registry_name, "kwargs": encoder.rebuild_kwargs(),
+                         "processor": processor.cache_settings()}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"{encoder.registry_name}-{h.hexdigest()[:24]}"
+
+
+class CachedModality:
+    """Takes a processor's place in the dataset for a cached modality: serves stored vectors."""
+
+    kind = "cached"
+
+    def __init__(self, root: Path, namespace: str, keys: Dict[int, Optional[str]], dim: int, columns: List[str]):
+        self.root, self.namespace, self.keys, self.dim, self.columns = Path(root), namespace, keys, dim, columns
+        self._store: Optional[EmbeddingStore] = None
+
+    @property
+    def store(self) -> EmbeddingStore:
+        if self._store is None:  # opened per process: memory maps do not travel to workers
+            self._store = EmbeddingStore(self.root, self.namespace)
+        return self._store
+
+    def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
+        key = self.keys.get(row["__row__"])
+        vec = None if key is None else self.store.get(key)
+        return None if vec is None else torch.from_numpy(vec)
+
+    def collate(self, items):
+        mask = torch.tensor([x is not None for x in items])
+        fill = torch.zeros(self.dim)
+        return CachedFeatures(torch.stack([fill if x is None else x for x in items])), mask
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_store"} | {"_store": None}
+
+
+@torch.inference_mode()
+def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path,
+                     root: Path, batch_size: int = 64, num_workers: int = 0, device: Optional[torch.device] = None,
+                     missing=(), progress: bool = True) -> Dict[str, CachedModality]:
+    """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out: Dict[str, CachedModality] = {}
+    for m, enc in model.encoders.items():
+        proc = processors[m]
+        if not is_frozen(enc) or not hasattr(proc, "content_key"):
+            continue
+        if proc.augments:
+            log.info("Modality %s: frozen encoder but train-time augmentation; not cached", m)
+            continue
+        namespace = fingerprint(enc, proc)
+        store = EmbeddingStore(root, namespace, meta={"encoder": enc.registry_name, "dim": enc.output_dim,
+                                                       "kwargs": enc.rebuild_kwargs()})
+        bad = {r for r, mod in missing if mod == m}
+        keys: Dict[int, Optional[str]] = {}
+        for row_id, row in zip(df.index, df[proc.columns].to_dict("records")):
+            keys[int(row_id)] = None if int(row_id) in bad else proc.content_key(row, base_dir)
+        todo, seen = [], set()
+        for row_id, key in keys.items():
+            if key is not None and key not in store and key not in seen:
+                todo.append(row_id)
+                seen.add(key)
+        log.info("Modality %s: %d items, %d in the cache, %d to extract (%s)", m, len(keys),
+                 len(keys) - len(todo), len(todo), namespace)
+        if todo:
+            _extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
+        out[m] = CachedModality(root, namespace, keys, enc.output_dim, proc.columns)
+    return out
+
+
+def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size, num_workers, device, progress):
+    from tqdm.auto import tqdm
+
+    ds = ManifestDataset(rows, {m: proc}, base_dir, train=False)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=Collator({m: proc}))
+    enc = enc.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    row_ids = rows.index.to_numpy()
+    pending_keys: List[str] = []
+    pending: List[np.ndarray] = []
+    for batch in tqdm(loader, desc=f"extract {m}", disable=None if progress else True, leave=False):
+        batch: Batch = batch.to(device)
+        with autocast:
+            vectors = enc(batch.inputs[m]).float().cpu().numpy()
+        take = np.flatnonzero(batch.mask[m].cpu().numpy())
+        positions = batch.index.cpu().numpy()
+        pending_keys += [keys[int(row_ids[positions[j]])] for j in take]
+        pending += list(vectors[take])
+        if len(pending_keys) >= 4096:  # one shard per few thousand vectors
+            store.put_many(pending_keys, np.stack(pending))
+            pending_keys, pending = [], []
+    if pending_keys:
+        store.put_many(pending_keys, np.stack(pending))

@@ -1,0 +1,152 @@
+"""The embedding cache: hits, a miss on each kind of change, concurrent writers, a killed write."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from crossfuse.cache import EmbeddingStore, clear, namespaces
+from crossfuse.config import parse_config
+from crossfuse.engine import train
+from crossfuse.engine import extract as extract_module
+
+from conftest import make_items
+
+
+def test_store_round_trip_and_memory_mapped_reads(tmp_path):
+    store = EmbeddingStore(tmp_path, "ns", meta={"encoder": "x", "dim": 4})
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    store.put_many(["a", "b", "c"], vectors)
+    again = EmbeddingStore(tmp_path, "ns")  # another process's view
+    assert len(again) == 3 and np.array_equal(again.get("b"), vectors[1]) and again.get("zz") is None
+    assert isinstance(np.load(again._shards[0], mmap_mode="r"), np.memmap)
+    assert again.info()["entries"] == 3 and again.info()["encoder"] == "x"
+
+
+def _writer(root, start):
+    store = EmbeddingStore(root, "shared")
+    for chunk in range(5):
+        keys = [f"k{start + chunk * 100 + i}" for i in range(100)]
+        store.put_many(keys, np.array([[float(k[1:])] * 8 for k in keys], dtype=np.float32))
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), s)) for s in (0, 10000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = EmbeddingStore(tmp_path, "shared")
+    assert len(store) == 1000
+    for key in ("k0", "k499", "k10000", "k10499"):
+        assert store.get(key)[0] == float(key[1:])
+
+
+def test_a_killed_write_leaves_no_entry(tmp_path, monkeypatch):
+    store = EmbeddingStore(tmp_path, "ns")
+    store.put_many(["a"], np.ones((1, 2), dtype=np.float32))
+    import crossfuse.cache.store as store_module
+
+    real = store_module._atomic_write
+
+    def die_before_commit(path, data):
+        if path.name.endswith(".keys.json"):
+            raise KeyboardInterrupt  # the process dies after the vectors, before the keys
+        real(path, data)
+
+    monkeypatch.setattr(store_module, "_atomic_write", die_before_commit)
+    with pytest.raises(KeyboardInterrupt):
+        store.put_many(["b"], np.zeros((1, 2), dtype=np.float32))
+    monkeypatch.setattr(store_module, "_atomic_write", real)
+    fresh = EmbeddingStore(tmp_path, "ns")
+    assert len(fresh) == 1 and fresh.get("b") is None and np.array_equal(fresh.get("a"), [1, 1])
+    assert fresh.info()["orphans"] == 1
+    assert clear(tmp_path, "ns") >= 3 and not namespaces(tmp_path)
+
+
+def frozen_config(manifest, out, cache_dir, size=32, **image_extra):
+    return {
+        "data": {"manifest": str(manifest), "split": {"val_size": 0.25, "test_size": 0.25}},
+        "modalities": {
+            "image": {"kind": "image", "columns": ["image"], "processor": {"size": size},
+                      "encoder": {"name": "resnet18", "trainable": False, **image_extra}},
+            "tabular": {"kind": "tabular", "columns": ["x"], "encoder": {"name": "mlp", "hidden": [8]}}},
+        "train": {"epochs": 1, "batch_size": 8, "progress": False},
+        "cache": {"dir": str(cache_dir)},
+        "output_dir": str(out)}
+
+
+@pytest.fixture
+def extracted(monkeypatch):
+    """Counts the items each run sends through a frozen encoder."""
+    counts = []
+    real = extract_module._extract
+
+    def spy(enc, proc, m, rows, *args, **kw):
+        counts.append(len(rows))
+        return real(enc, proc, m, rows, *args, **kw)
+
+    monkeypatch.setattr(extract_module, "_extract", spy)
+    return counts
+
+
+def test_cache_hits_and_misses(tmp_path, extracted):
+    import torch
+    from safetensors.torch import save_file
+
+    manifest = make_items(tmp_path / "d", n=24)
+    cache = tmp_path / "cache"
+    first = train(parse_config(frozen_config(manifest, tmp_path / "r1", cache)))
+    assert extracted == [24]
+    second = train(parse_config(frozen_config(manifest, tmp_path / "r2", cache)))
+    assert extracted == [24]  # every item hit: the encoder did not run during training
+    assert second.metrics["accuracy"] == pytest.approx(first.metrics["accuracy"])
+
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(manifest.parent / "img" / "5.png")
+    train(parse_config(frozen_config(manifest, tmp_path / "r3", cache)))
+    assert extracted[-1] == 1  # one changed file, one miss
+
+    df = pd.read_csv(manifest)
+    df.loc[0, "x"] = 99.0  # a change in another modality's column misses nothing here
+    df.to_csv(manifest, index=False)
+    n_before = len(extracted)
+    train(parse_config(frozen_config(manifest, tmp_path / "r4", cache)))
+    assert len(extracted) == n_before
+
+    train(parse_config(frozen_config(manifest, tmp_path / "r5", cache, size=40)))
+    assert extracted[-1] == 24  # another preprocessing setting misses everything
+
+    torch.manual_seed(3)
+    import torchvision
+
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in torchvision.models.resnet18().state_dict().items()}, str(weights))
+    train(parse_config(frozen_config(manifest, tmp_path / "r6", cache, weights_path=str(weights))))
+    assert extracted[-1] == 24  # other weights miss everything
+    assert len(namespaces(cache)) == 3
+
+
+def test_cache_can_be_disabled(tmp_path, extracted):
+    manifest = make_items(tmp_path / "d", n=12)
+    raw = frozen_config(manifest, tmp_path / "r", tmp_path / "cache")
+    raw["cache"]["enabled"] = False
+    train(parse_config(raw))
+    assert extracted == [] and not (tmp_path / "cache").exists()
+
+
+def test_cache_cli(tmp_path, capsys):
+    from crossfuse.cli.main import main
+
+    EmbeddingStore(tmp_path, "enc-123", meta={"encoder": "resnet18", "dim": 2}).put_many(
+        ["a", "b"], np.zeros((2, 2), dtype=np.float32))
+    assert main(["cache", "info", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| enc-123 | resnet18 | 2 | 2 | 1 | 0 |" in out and "1 namespace(s), 2 vectors" in out
+    assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
+    assert not namespaces(tmp_path)
