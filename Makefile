@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: venv install install-test demo test clean espeak-ng benchmark-missing benchmark-memory
+.PHONY: venv install install-test install-bench demo test clean espeak-ng tuxpaint benchmarks benchmark-missing benchmark-memory
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,36 @@ demo: install
 test: install-test
 	$(PY) -m pytest -q
 
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -e ".[hf,whisper,presets]"
+	touch $@
+
+install-bench: $(VENV)/.installed-bench
+
+# Tux Paint's stamps (images, captions, spoken descriptions): Debian package, needs root
+tuxpaint:
+	@test -d /usr/share/tuxpaint/stamps || (apt-get update -q && apt-get install -y -q tuxpaint-stamps-default)
+
+data/tuxpaint/manifest.csv: | tuxpaint install
+	$(PY) benchmarks/datasets/tuxpaint.py data/tuxpaint
+
+data/av_digits/manifest.csv: | espeak-ng install
+	$(PY) benchmarks/datasets/av_digits.py data/av_digits
+
+# the real-size measurements quoted in the README (each prints its own figures)
+benchmarks: install-bench data/tuxpaint/manifest.csv data/av_digits/manifest.csv
+	$(PY) benchmarks/run.py --seeds 0 1 2
+	$(PY) benchmarks/run.py --config src/crossfuse/resources/av_digits.yaml data.manifest=data/av_digits/manifest.csv --seeds 0 1 2
+	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/train_cached.py
+	$(PY) benchmarks/missing_modalities.py
+	$(PY) benchmarks/streaming_memory.py
+
 # espeak-ng synthesises the spoken digits of AV-digits; Debian package, needs root (as in CI)
 espeak-ng:
 	@command -v espeak-ng >/dev/null || (apt-get update -q && apt-get install -y -q espeak-ng)
 
-benchmark-missing: install espeak-ng
+benchmark-missing: install data/av_digits/manifest.csv
 	$(PY) benchmarks/missing_modalities.py
 
 benchmark-memory: install

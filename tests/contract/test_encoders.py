@@ -19,6 +19,8 @@ def build(name: str, request, **extra):
     cls = ENCODERS.get(name)
     if cls.modality == "image":
         kwargs = {"image_size": 16} if name == "small_cnn" else {"image_size": 64}
+        if name == "timm":
+            kwargs["arch"] = "resnet10t"  # small, random init
         enc = ENCODERS.build(name, **kwargs, **extra)
         size = enc.data_config["input_size"][-1]
         return enc, torch.randn(B, 3, size, size)
@@ -129,7 +131,7 @@ def test_missing_modality_mask_is_honoured(encoder_and_input):
 
 
 @pytest.mark.parametrize("name", [n for n in ENCODERS.names() if getattr(ENCODERS.get(n), "provides_tokenizer", False)
-                                  or n in ("torchvision", "resnet18", "hf_audio", "efficientnet_lite0")])
+                                  or n in ("torchvision", "resnet18", "hf_audio", "efficientnet_lite0", "timm")])
 def test_freezing_and_partial_unfreezing(name, request):
     frozen, x = build(name, request, trainable=False)
     assert not any(p.requires_grad for p in frozen.parameters())

@@ -68,3 +68,17 @@ def test_sampler_order_depends_on_seed_and_epoch_only_and_shards_across_ranks():
     shards = [list(EpochSampler(11, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 6
     assert set(shards[0]) | set(shards[1]) == set(range(11))
+
+
+def test_timm_weights_from_a_local_file_and_its_data_config(tmp_path):
+    import timm
+
+    torch.manual_seed(2)
+    reference = timm.create_model("resnet10t", num_classes=0)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    enc = ENCODERS.build("timm", arch="resnet10t", weights_path=str(tmp_path / "w.safetensors"))
+    loaded, expected = enc.backbone.state_dict(), reference.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert enc.data_config["input_size"] == [3, 176, 176] and enc.output_dim == 512
+    with pytest.raises(ConfigError, match="timm cannot build 'no_such_net'"):
+        ENCODERS.build("timm", arch="no_such_net")

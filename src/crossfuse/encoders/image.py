@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from crossfuse.encoders.base import ENCODERS, Encoder
-from crossfuse.errors import ConfigError
+from crossfuse.errors import ConfigError, require
 from crossfuse.layers import ConvStack
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -138,3 +138,37 @@ for _name in ("alexnet", "vgg11", "vgg16", "resnet18", "resnet50", "mobilenet_v3
               "mobilenet_v3_large", "efficientnet_b0"):
     _register_torchvision(_name)
 
+
+
+@ENCODERS.register("timm")
+class TimmEncoder(Encoder):
+    """Any timm model as a feature extractor (``num_classes=0``: pooled features).
+
+    ``arch``: a timm model name. Weights: ``weights_path`` (a local .safetensors/.pth/.bin state
+    dict, loaded by timm without pickled code) or ``pretrained: true`` (timm downloads them, online
+    only). The input size, mean and std come from timm's data config for the model.
+    Needs ``pip install 'crossfuse[timm]'``.
+    """
+
+    modality = "image"
+
+    def __init__(self, arch: str = "resnet18", weights_path: Optional[str] = None, pretrained: bool = False,
+                 trainable: bool = True, unfreeze_last: Optional[int] = None, image_size: Optional[int] = None):
+        super().__init__()
+        timm = require("timm", "timm", "The timm image encoder")
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise ConfigError(f"Weights file not found: {weights_path}")
+        try:
+            self.backbone = timm.create_model(arch, pretrained=pretrained, num_classes=0,
+                                              checkpoint_path=weights_path or None)
+        except RuntimeError as exc:  # timm raises RuntimeError for unknown names
+            raise ConfigError(f"timm cannot build '{arch}': {exc}") from exc
+        dc = timm.data.resolve_model_data_config(self.backbone)
+        size = image_size or int(dc["input_size"][-1])
+        self._init_kwargs = dict(arch=arch, trainable=trainable, unfreeze_last=unfreeze_last, image_size=size)
+        self.data_config = {"input_size": [3, size, size], "mean": list(dc["mean"]), "std": list(dc["std"])}
+        self.output_dim = int(self.backbone.num_features)
+        self.set_trainable(self.backbone, trainable, unfreeze_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)

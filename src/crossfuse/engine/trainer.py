@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -182,6 +183,7 @@ class Trainer:
             sampler.epoch = epoch
             seed_all(c.seed * 7919 + epoch + 1)  # dropout, augmentation and worker seeds per epoch
             model.train()
+            epoch_start = time.perf_counter()
             total, count = torch.zeros((), device=fabric.device), 0
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
                        disable=None if (c.progress and self.is_main) else True)
@@ -202,8 +204,10 @@ class Trainer:
                 count += len(batch)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             train_loss = float(fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
+            seconds = time.perf_counter() - epoch_start  # the training pass only, validation excluded
             record: Dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                        "lr": optimizer.param_groups[0]["lr"]}
+                                        "lr": optimizer.param_groups[0]["lr"], "train_seconds": seconds,
+                                        "samples_per_s": count * fabric.world_size / seconds}
             if val_loader is not None:
                 val = self.validate(model, val_loader)
                 record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})

@@ -19,8 +19,13 @@ def resolve_path(value: Any, base_dir: Path) -> Path:
 
 
 def open_image(path: Path) -> Image.Image:
+    """Decode fully (truncated files fail here, not mid-epoch); transparency goes onto white."""
     with Image.open(path) as img:
-        img.load()  # decode fully: truncated files fail here, not mid-epoch
+        img.load()
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
         return img.convert("RGB")
 
 

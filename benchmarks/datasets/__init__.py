@@ -1,0 +1,1 @@
+"""Builders that turn real offline data into crossfuse manifests."""
