@@ -31,6 +31,12 @@ class Fusion(nn.Module):
     def rebuild_kwargs(self) -> Dict[str, Any]:
         return dict(self._init_kwargs)
 
+    def make_norms(self) -> nn.ModuleDict:
+        """One LayerNorm per modality: features from different encoders come at very different
+        scales (an ImageNet CNN's activations vs a unit-norm sentence embedding), and without it
+        the larger one drowns the other."""
+        return nn.ModuleDict({m: nn.LayerNorm(d) for m, d in self.input_dims.items()})
+
     def stacked_mask(self, mask: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_modalities) bool mask in ``self.modalities`` order."""
         return torch.stack([mask[m].bool() for m in self.modalities], dim=1)

@@ -14,19 +14,22 @@ from crossfuse.types import FusionOutput
 
 @FUSIONS.register("concat")
 class ConcatFusion(Fusion):
-    """[x_1 * m_1; ...; x_n * m_n; m_1 ... m_n]: missing vectors zeroed, presence flags appended.
+    """[m_1 LN(x_1); ...; m_n LN(x_n); m_1 ... m_n]: each modality layer-normalised (``normalize``),
+    missing vectors zeroed, presence flags appended.
 
     The flags let the head tell "absent" from "all-zero features".
     """
 
-    def __init__(self, input_dims: Mapping[str, int], presence_flags: bool = True):
+    def __init__(self, input_dims: Mapping[str, int], presence_flags: bool = True, normalize: bool = True):
         super().__init__(input_dims)
-        self._init_kwargs = {"presence_flags": presence_flags}
+        self._init_kwargs = {"presence_flags": presence_flags, "normalize": normalize}
         self.presence_flags = presence_flags
+        self.norm = self.make_norms() if normalize else None
         self.output_dim = sum(self.input_dims.values()) + (len(self.modalities) if presence_flags else 0)
 
     def forward(self, features, mask) -> FusionOutput:
-        parts = [features[m] * mask[m].to(features[m].dtype).unsqueeze(1) for m in self.modalities]
+        parts = [(self.norm[m](features[m]) if self.norm is not None else features[m])
+                 * mask[m].to(features[m].dtype).unsqueeze(1) for m in self.modalities]
         if self.presence_flags:
             parts.append(self.stacked_mask(mask).to(parts[0].dtype))
         return FusionOutput(torch.cat(parts, dim=1))

@@ -23,14 +23,15 @@ def _check_int(owner: str, name: str, value, low: int = 1) -> None:
 class GatedFusion(Fusion):
     """Gated multimodal unit (Arevalo et al., 2017), for any number of modalities.
 
-    h_i = tanh(W_i x_i); per output dimension the gates g_i = softmax over present modalities of
-    V_i [m_1 x_1; ...; m_n x_n; m]; fused = sum_i g_i * h_i. Weights: each modality's mean gate.
+    h_i = tanh(W_i LN(x_i)); per output dimension the gates g_i = softmax over present modalities of
+    V_i [m_1 LN(x_1); ...; m_n LN(x_n); m]; fused = sum_i g_i * h_i. Weights: each modality's mean gate.
     """
 
     def __init__(self, input_dims: Mapping[str, int], dim: int = 128):
         super().__init__(input_dims)
         _check_int("GatedFusion", "dim", dim)
         self._init_kwargs = {"dim": dim}
+        self.norm = self.make_norms()
         self.hidden = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.input_dims.items()})
         n = len(self.modalities)
         self.gate = nn.Linear(sum(self.input_dims.values()) + n, n * dim)
@@ -38,7 +39,7 @@ class GatedFusion(Fusion):
 
     def forward(self, features, mask) -> FusionOutput:
         present = self.stacked_mask(mask)  # (B, n)
-        masked = [features[m] * mask[m].to(features[m].dtype).unsqueeze(1) for m in self.modalities]
+        masked = [self.norm[m](features[m]) * mask[m].to(features[m].dtype).unsqueeze(1) for m in self.modalities]
         h = torch.stack([torch.tanh(self.hidden[m](x)) for m, x in zip(self.modalities, masked)], 1)
         logits = self.gate(torch.cat(masked + [present.to(h.dtype)], 1)).view(h.shape)
         g = masked_softmax(logits, present.unsqueeze(2).expand_as(logits), dim=1)
@@ -49,7 +50,7 @@ class GatedFusion(Fusion):
 class TensorFusion(Fusion):
     """Tensor fusion (TFN, Zadeh et al., 2017): fused = flatten(z_1 (x) z_2 (x) ... (x) z_n), z_i = [1; m_i p_i].
 
-    p_i = ReLU(W_i x_i) has ``dim`` entries, so the output has (dim + 1)^n: the appended 1 keeps
+    p_i = ReLU(W_i LN(x_i)) has ``dim`` entries, so the output has (dim + 1)^n: the appended 1 keeps
     every unimodal and lower-order term, and a missing modality reduces to z_i = [1; 0].
     """
 
@@ -63,7 +64,8 @@ class TensorFusion(Fusion):
         if self.output_dim > self.MAX_OUTPUT:
             raise ConfigError(f"tensor fusion of {len(self.modalities)} modalities at dim={dim} has "
                               f"{self.output_dim:,} outputs; lower 'dim' or use 'lowrank', its low-rank form")
-        self.proj = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, dim), nn.ReLU()) for m, d in self.input_dims.items()})
+        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, dim), nn.ReLU())
+                                   for m, d in self.input_dims.items()})
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, features, mask) -> FusionOutput:
@@ -132,24 +134,28 @@ class TransformerFusion(Fusion):
     frame/word/patch it emits. Each token gets a learned modality embedding.
 
     ``mode: joint``: a [CLS] token and all modality tokens through ``layers`` self-attention
-    layers; fused = the [CLS] output. ``mode: crossmodal`` (MulT, Tsai et al., 2019): each target
+    layers; fused = the mean of the outputs over [CLS] and the present tokens (``pool: mean``, which
+    trains faster) or the [CLS] output alone (``pool: cls``). ``mode: crossmodal`` (MulT, Tsai et al., 2019): each target
     modality's tokens attend to every other modality's tokens in turn (``layers`` rounds of
     cross-attention blocks), are mean-pooled, and the pooled vectors are concatenated (zeroed when
     missing) with presence flags. Missing modalities are masked out as keys everywhere.
     """
 
     def __init__(self, input_dims: Mapping[str, int], dim: int = 64, heads: int = 4, layers: int = 2,
-                 dropout: float = 0.1, tokens: int = 1, sequences: bool = False, mode: str = "joint"):
+                 dropout: float = 0.1, tokens: int = 1, sequences: bool = False, mode: str = "joint",
+                 pool: str = "mean"):
         super().__init__(input_dims)
         for name, value in (("dim", dim), ("heads", heads), ("layers", layers), ("tokens", tokens)):
             _check_int("TransformerFusion", name, value)
         if dim % heads:
             raise ConfigError(f"The 'dim' parameter of TransformerFusion ({dim}) must be divisible by 'heads' ({heads}).")
+        if pool not in ("mean", "cls"):
+            raise ConfigError(f"The 'pool' parameter of TransformerFusion must be 'mean' or 'cls'. Got {pool!r}.")
         if mode not in ("joint", "crossmodal"):
             raise ConfigError(f"The 'mode' parameter of TransformerFusion must be 'joint' or 'crossmodal'. Got {mode!r}.")
         self._init_kwargs = dict(dim=dim, heads=heads, layers=layers, dropout=dropout, tokens=tokens,
-                                 sequences=sequences, mode=mode)
-        self.wants_sequences, self.mode, self.tokens, self.dim = sequences, mode, tokens, dim
+                                 sequences=sequences, mode=mode, pool=pool)
+        self.wants_sequences, self.mode, self.tokens, self.dim, self.pool = sequences, mode, tokens, dim, pool
         self.vec = nn.ModuleDict({m: nn.Linear(d, dim * tokens) for m, d in self.input_dims.items()})
         self.seq = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in self.input_dims.items()}) if sequences else None
         self.modality_embedding = nn.Parameter(torch.randn(len(self.modalities), dim) * 0.02)
@@ -188,7 +194,10 @@ class TransformerFusion(Fusion):
             x = torch.cat([self.cls.expand(b, -1, -1)] + [toks[m][0] for m in self.modalities], 1)
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=x.device)] +
                             [toks[m][1] for m in self.modalities], 1)
-            return FusionOutput(self.norm(self.encoder(x, src_key_padding_mask=pad)[:, 0]))
+            h = self.encoder(x, src_key_padding_mask=pad)
+            if self.pool == "cls":
+                return FusionOutput(self.norm(h[:, 0]))
+            return FusionOutput(self.norm(masked_mean(h, ~pad, dim=1)))  # [CLS] and present tokens
         h = {m: toks[m][0] for m in self.modalities}
         for round_ in self.blocks:
             h = {t: self._attend_all(round_, t, h, toks, mask) for t in self.modalities}
@@ -226,7 +235,8 @@ class LateFusion(Fusion):
             raise ConfigError("LateFusion takes 'weights' exactly when combine is 'fixed'.")
         self._init_kwargs = dict(n_outputs=n_outputs, hidden=hidden, combine=combine, weights=weights,
                                  dropout=dropout)
-        self.heads = nn.ModuleDict({m: MLP(d, [hidden], out_dim=n_outputs, dropout=dropout)
+        self.heads = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), MLP(d, [hidden], out_dim=n_outputs,
+                                                                           dropout=dropout))
                                     for m, d in self.input_dims.items()})
         if combine == "fixed":
             self.register_buffer("fixed", torch.tensor([float(weights.get(m, 0.0)) for m in self.modalities]))
