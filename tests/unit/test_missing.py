@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from crossfuse.config import parse_config
 from crossfuse.data.processors import AudioProcessor, ImageProcessor, TabularProcessor, TextProcessor

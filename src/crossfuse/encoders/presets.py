@@ -12,11 +12,9 @@ fusion model on their features.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
-from torch import nn
 
 from crossfuse.encoders.audio import FasterWhisperEncoder
 from crossfuse.encoders.base import ENCODERS, Encoder

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -126,6 +126,7 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     is_main = trainer.is_main
     metrics = predictor.evaluate_frame(
         splits[eval_part], base_dir, file, on_bad_item="missing", batch_size=cfg.train.batch_size, check_files=False,
+        known_missing=missing,
         out_dir=out_dir if (out_dir is not None and is_main) else None, history=result.history, monitor=monitor,
         title=f"crossfuse: {cfg.fusion.name} fusion of {', '.join(cfg.modalities)}", extra=extra)
     if out_dir is not None and is_main:

@@ -105,11 +105,12 @@ class Predictor:
                        on_bad_item: str = "error", batch_size: int = 64, num_workers: int = 0,
                        out_dir: Optional[Path] = None, progress: bool = False, title: str = "crossfuse evaluation",
                        history=None, monitor=None, extra=None, attribution: bool = True,
-                       robustness: bool = False, check_files: bool = True) -> Dict[str, Any]:
+                       robustness: bool = False, check_files: bool = True, known_missing=()) -> Dict[str, Any]:
         """Metrics on labelled rows; with ``attribution`` each modality's Shapley contribution, with
         ``robustness`` the metric with each modality removed or corrupted at rising strength."""
         kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item,
                                      open_files=check_files)
+        missing = set(missing) | set(known_missing)  # bad cells already found by the caller
         # corruptions need the raw inputs, so robustness runs the encoders instead of the cache
         loader = self.loader(kept, base_dir, missing, True, batch_size, num_workers, use_cache=not robustness)
         self.model.to(self.device)

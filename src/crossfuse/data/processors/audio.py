@@ -7,16 +7,13 @@ so that they run on the GPU.
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import pandas as pd
 import torch
 
-from crossfuse.data.processors.base import CellProblem, Processor, file_digest, is_blank
-from crossfuse.data.processors.image import resolve_path
+from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path
 
 SILENCE_PEAK = 1e-4  # below this (about -80 dBFS) a clip carries no signal
 
@@ -41,7 +38,7 @@ def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.n
     return wave + noise
 
 
-class AudioProcessor(Processor):
+class AudioProcessor(FileProcessor):
     """Params: ``sample_rate`` (16000), ``duration`` seconds (2.0; longer clips are trimmed, shorter
     zero-padded), ``loudness_db`` (-20: RMS normalised to this dBFS; null keeps levels),
     ``expected_channels`` (null: any, mixed down; a number makes other counts a bad item),
@@ -49,6 +46,7 @@ class AudioProcessor(Processor):
     """
 
     kind = "audio"
+    noun = "audio"
     corruptions = {"noise_snr": [20.0, 10.0, 0.0, -5.0, -10.0]}
 
     def __init__(self, columns, **params):
@@ -60,10 +58,6 @@ class AudioProcessor(Processor):
         self.params.setdefault("augment", {})
 
     @property
-    def column(self) -> str:
-        return self.columns[0]
-
-    @property
     def n_samples(self) -> int:
         return int(round(self.params["sample_rate"] * self.params["duration"]))
 
@@ -72,44 +66,27 @@ class AudioProcessor(Processor):
         if rate:  # the encoder's front-end or pretrained model fixes the rate
             self.params["sample_rate"] = int(rate)
 
-    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
-        problems: List[CellProblem] = []
-        todo = []
-        for pos, value in enumerate(df[self.column].tolist()):
-            if is_blank(value):
-                problems.append((pos, self.column, "no audio path"))
-                continue
-            path = resolve_path(value, base_dir)
-            if not path.is_file():
-                problems.append((pos, self.column, f"audio file not found: {path}"))
-            else:
-                todo.append((pos, path))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            found = pool.map(lambda item: self._probe(*item, open_files), todo)
-            problems += [p for p in found if p is not None]
-        return sorted(problems)
-
-    def _probe(self, pos: int, path: Path, open_files: bool) -> Optional[CellProblem]:
+    def probe(self, path: Path, open_files: bool) -> Optional[str]:
         import soundfile as sf
 
         try:
             info = sf.info(str(path))
         except Exception as exc:  # libsndfile raises for anything it cannot parse
-            return (pos, self.column, f"cannot read audio {path}: {exc}")
+            return f"cannot read audio {path}: {exc}"
         expected = self.params.get("expected_channels")
         if expected and info.channels != expected:
-            return (pos, self.column, f"audio {path} has {info.channels} channels, expected {expected}")
+            return f"audio {path} has {info.channels} channels, expected {expected}"
         if info.frames == 0:
-            return (pos, self.column, f"empty audio (no samples): {path}")
+            return f"empty audio (no samples): {path}"
         if open_files:
             try:
                 data, _ = sf.read(str(path), dtype="float32", always_2d=True)
             except Exception as exc:
-                return (pos, self.column, f"cannot read audio {path}: {exc}")
+                return f"cannot read audio {path}: {exc}"
             if not np.isfinite(data).all():
-                return (pos, self.column, f"audio {path} holds non-finite samples")
+                return f"audio {path} holds non-finite samples"
             if np.abs(data).max(initial=0.0) < SILENCE_PEAK:
-                return (pos, self.column, f"silent audio (peak below -80 dBFS): {path}")
+                return f"silent audio (peak below -80 dBFS): {path}"
         return None
 
     def waveform(self, wave: np.ndarray, train: bool, rng: Optional[np.random.Generator] = None) -> np.ndarray:
@@ -133,9 +110,6 @@ class AudioProcessor(Processor):
             low, high = aug["noise_snr"]
             wave = add_noise(wave, float(rng.uniform(low, high)), rng)
         return wave.astype(np.float32)
-
-    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
-        return file_digest(row[self.column], base_dir)
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
         value = row[self.column]

@@ -78,8 +78,7 @@ def file_digest(value: Any, base_dir: Path) -> Optional[str]:
 
     if is_blank(value):
         return None
-    path = Path(str(value))
-    path = path if path.is_absolute() else base_dir / path
+    path = resolve_path(value, base_dir)
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
@@ -92,3 +91,45 @@ def is_blank(value: Any) -> bool:
     if isinstance(value, float) and value != value:  # NaN
         return True
     return isinstance(value, str) and not value.strip()
+
+
+class FileProcessor(Processor):
+    """A modality whose cells are paths to files (images, audio): existence checks, parallel
+    probing of each file's content, and content keys from the file bytes."""
+
+    noun = "file"
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+    def probe(self, path: Path, open_files: bool) -> Optional[str]:
+        """Why the file at ``path`` is unusable, or None."""
+        return None
+
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        problems: List[CellProblem] = []
+        todo = []
+        for pos, value in enumerate(df[self.column].tolist()):
+            if is_blank(value):
+                problems.append((pos, self.column, f"no {self.noun} path"))
+                continue
+            path = resolve_path(value, base_dir)
+            if not path.is_file():
+                problems.append((pos, self.column, f"{self.noun} file not found: {path}"))
+            else:
+                todo.append((pos, path))
+        with ThreadPoolExecutor(max_workers=8) as pool:  # decoding releases the GIL
+            found = pool.map(lambda item: (item[0], self.probe(item[1], open_files)), todo)
+            problems += [(pos, self.column, msg) for pos, msg in found if msg is not None]
+        return sorted(problems)
+
+    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
+        return file_digest(row[self.column], base_dir)
+
+
+def resolve_path(value: Any, base_dir: Path) -> Path:
+    p = Path(str(value))
+    return p if p.is_absolute() else base_dir / p

@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import pandas as pd
 import torch
 from PIL import Image
 
-from crossfuse.data.processors.base import CellProblem, Processor, file_digest, is_blank
-
-
-def resolve_path(value: Any, base_dir: Path) -> Path:
-    p = Path(str(value))
-    return p if p.is_absolute() else base_dir / p
+from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path
 
 
 def open_image(path: Path) -> Image.Image:
@@ -29,12 +22,13 @@ def open_image(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-class ImageProcessor(Processor):
+class ImageProcessor(FileProcessor):
     """Params: ``size`` (int), ``mean``/``std`` (3 floats), default from the encoder's data config;
     ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees}.
     """
 
     kind = "image"
+    noun = "image"
     corruptions = {"noise": [0.25, 0.5, 1.0, 2.0], "occlusion": [0.1, 0.25, 0.5, 0.75]}
 
     def configure(self, encoder: Any) -> None:
@@ -44,34 +38,14 @@ class ImageProcessor(Processor):
         self.params.setdefault("std", list(dc.get("std", [0.229, 0.224, 0.225])))
         self.params.setdefault("augment", {})
 
-    @property
-    def column(self) -> str:
-        return self.columns[0]
-
-    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
-        problems: List[CellProblem] = []
-        todo = []
-        for pos, value in enumerate(df[self.column].tolist()):
-            if is_blank(value):
-                problems.append((pos, self.column, "no image path"))
-                continue
-            path = resolve_path(value, base_dir)
-            if not path.is_file():
-                problems.append((pos, self.column, f"image file not found: {path}"))
-            elif open_files:
-                todo.append((pos, path))
-
-        def probe(item):
-            pos, path = item
-            try:
-                open_image(path)
-                return None
-            except Exception as exc:  # PIL raises many types for bad files
-                return (pos, self.column, f"cannot read image {path}: {type(exc).__name__}: {exc}")
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            problems += [p for p in pool.map(probe, todo) if p is not None]
-        return sorted(problems)
+    def probe(self, path: Path, open_files: bool) -> Optional[str]:
+        if not open_files:
+            return None
+        try:
+            open_image(path)
+        except Exception as exc:  # PIL raises many types for bad files
+            return f"cannot read image {path}: {type(exc).__name__}: {exc}"
+        return None
 
     def _transform(self, train: bool):
         from torchvision.transforms import v2
@@ -89,9 +63,6 @@ class ImageProcessor(Processor):
             steps.append(v2.RandomRotation(float(aug["rotation"])))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.params["mean"], self.params["std"])]
         return v2.Compose(steps)
-
-    def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
-        return file_digest(row[self.column], base_dir)
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:
         value = row[self.column]

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 import torch
 
-from crossfuse.data.processors.base import CellProblem, Processor, file_digest, is_blank
+from crossfuse.data.processors.base import CellProblem, Processor, is_blank
 
 PAD, UNK = "[PAD]", "[UNK]"
 
