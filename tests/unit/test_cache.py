@@ -149,3 +149,41 @@ def test_cache_cli(tmp_path, capsys):
     assert "| enc-123 | resnet18 | 2 | 2 | 1 | 0 |" in out and "1 namespace(s), 2 vectors" in out
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
     assert not namespaces(tmp_path)
+
+
+def test_jpeg_decoding_on_the_device_matches_pil(tmp_path):
+    """The on-device path (nvjpeg on a GPU) exercised on the CPU: same vectors within resize
+    differences, and its own namespace, since the pixels are not bit-identical to PIL's."""
+    import torch
+
+    from crossfuse.data.processors import ImageProcessor
+    from crossfuse.encoders import ENCODERS
+    from crossfuse.engine.extract import cache_modalities
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        arr = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        arr[:, :32] = [200, 30, 30]  # large flat areas: resizing differences stay small
+        Image.fromarray(arr).save(tmp_path / f"{i}.jpg", quality=95)
+        rows.append({"image": f"{i}.jpg"})
+    df = pd.DataFrame(rows)
+    torch.manual_seed(0)
+    enc = ENCODERS.build("resnet18", trainable=False, image_size=32).eval()
+    proc = ImageProcessor(["image"])
+    proc.configure(enc)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoders = torch.nn.ModuleDict({"image": enc})
+
+    pil = cache_modalities(Model(), {"image": proc}, df, tmp_path, tmp_path / "c", device=torch.device("cpu"),
+                           progress=False, device_decode=False)["image"]
+    dev = cache_modalities(Model(), {"image": proc}, df, tmp_path, tmp_path / "c", device=torch.device("cpu"),
+                           progress=False, device_decode=True)["image"]
+    assert pil.namespace != dev.namespace
+    a = np.stack([pil.store.get(pil.keys[i]) for i in range(6)])
+    b = np.stack([dev.store.get(dev.keys[i]) for i in range(6)])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.95, cos

@@ -31,11 +31,13 @@ def is_frozen(encoder: torch.nn.Module) -> bool:
     return not any(p.requires_grad for p in encoder.parameters())
 
 
-def fingerprint(encoder, processor: Processor) -> str:
-    """Digest of the encoder's identity, its weights and the processor's output-relevant settings."""
+def fingerprint(encoder, processor: Processor, decoder: str = "default") -> str:
+    """Digest of the encoder's identity, its weights, the processor's output-relevant settings and
+    the image decoder (on-device JPEG decoding resizes slightly differently from PIL)."""
     h = hashlib.sha256()
     h.update(json.dumps({"encoder": encoder.registry_name, "kwargs": encoder.rebuild_kwargs(),
-                         "processor": processor.cache_settings()}, sort_keys=True, default=str).encode())
+                         "processor": processor.cache_settings(), "decoder": decoder},
+                        sort_keys=True, default=str).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -74,8 +76,13 @@ class CachedModality:
 @torch.inference_mode()
 def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path,
                      root: Path, batch_size: int = 64, num_workers: int = 0, device: Optional[torch.device] = None,
-                     missing=(), progress: bool = True) -> Dict[str, CachedModality]:
-    """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins."""
+                     missing=(), progress: bool = True, device_decode: Optional[bool] = None
+                     ) -> Dict[str, CachedModality]:
+    """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins.
+
+    ``device_decode``: decode JPEG images on ``device`` (nvjpeg on a GPU) instead of with PIL in
+    the workers; None turns it on for a CUDA device when every image of a modality is a JPEG.
+    """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out: Dict[str, CachedModality] = {}
     for m, enc in model.encoders.items():
@@ -85,7 +92,8 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
         if proc.augments:
             log.info("Modality %s: frozen encoder but train-time augmentation; not cached", m)
             continue
-        namespace = fingerprint(enc, proc)
+        on_device = _use_device_decode(proc, df, device, device_decode)
+        namespace = fingerprint(enc, proc, "torchvision.io.decode_jpeg" if on_device else "default")
         store = EmbeddingStore(root, namespace, meta={"encoder": enc.registry_name, "dim": enc.output_dim,
                                                        "kwargs": enc.rebuild_kwargs()})
         bad = {r for r, mod in missing if mod == m}
@@ -100,7 +108,8 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
         log.info("Modality %s: %d items, %d in the cache, %d to extract (%s)", m, len(keys),
                  len(keys) - len(todo), len(todo), namespace)
         if todo:
-            _extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
+            extract = _extract_jpeg_on_device if on_device else _extract
+            extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
         out[m] = CachedModality(root, namespace, keys, enc.output_dim, proc.columns)
     return out
 
@@ -128,3 +137,67 @@ def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size
             pending_keys, pending = [], []
     if pending_keys:
         store.put_many(pending_keys, np.stack(pending))
+
+
+def _use_device_decode(proc, df: pd.DataFrame, device: torch.device, wanted: Optional[bool]) -> bool:
+    if getattr(proc, "kind", "") != "image" or wanted is False:
+        return False
+    if wanted is None and device.type != "cuda":
+        return False  # on a CPU, PIL in parallel workers is as fast and matches training exactly
+    paths = df[proc.columns[0]].dropna().astype(str).str.lower()
+    return bool(len(paths)) and bool(paths.str.endswith((".jpg", ".jpeg")).all())
+
+
+class _RawFiles(torch.utils.data.Dataset):
+    """File bytes as uint8 tensors (read in workers); decoding happens on the device."""
+
+    def __init__(self, paths: List[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import read_file
+
+        try:
+            return i, read_file(str(self.paths[i]))
+        except (OSError, RuntimeError):
+            return i, None
+
+
+@torch.inference_mode()
+def _extract_jpeg_on_device(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size, num_workers,
+                            device, progress):
+    """JPEGs decoded in batches on the device (torchvision.io.decode_jpeg: nvjpeg on a GPU), then
+    resized and normalised there: the CPU only reads bytes, so it no longer caps a fast GPU."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+    from tqdm.auto import tqdm
+
+    from crossfuse.data.processors.base import resolve_path
+
+    size, mean, std = proc.params["size"], proc.params["mean"], proc.params["std"]
+    paths = [resolve_path(v, base_dir) for v in rows[proc.columns[0]].tolist()]
+    loader = DataLoader(_RawFiles(paths), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=lambda items: items)
+    enc = enc.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    row_ids = rows.index.to_numpy()
+    for items in tqdm(loader, desc=f"extract {m} (decode on {device.type})", disable=None if progress else True,
+                      leave=False):
+        good, images = [], []
+        for i, data in items:
+            try:
+                img = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data is not None else None
+            except RuntimeError:  # a corrupt JPEG: this item stays out of the cache (missing)
+                img = None
+            if img is not None:
+                good.append(i)
+                images.append(F.resize(img, [size, size], antialias=True))
+        if not good:
+            continue
+        x = F.normalize(torch.stack(images).float() / 255.0, mean, std)
+        with autocast:
+            vectors = enc(x).float().cpu().numpy()
+        store.put_many([keys[int(row_ids[i])] for i in good], vectors)
