@@ -21,13 +21,20 @@ class StopAfter:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C, after the checkpoint was written
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_resume_matches_uninterrupted(tmp_path, optimizer):
+def config(manifest, out, frozen, **opts):
+    raw = tiny_config(manifest, out, **opts)
+    if frozen:  # a frozen pretrained-style backbone: left out of checkpoints, features from the cache
+        raw["modalities"]["image"]["encoder"] = {"name": "resnet18", "trainable": False, "image_size": 32}
+    return raw
+
+
+@pytest.mark.parametrize("optimizer,frozen", [("adamw", False), ("sgd", False), ("adamw", True)])
+def test_resume_matches_uninterrupted(tmp_path, optimizer, frozen):
     manifest = make_items(tmp_path / "data", n=40)
     opts = dict(epochs=4, optimizer=optimizer, warmup_epochs=1.0, early_stopping={"patience": 10})
-    full = train(parse_config(tiny_config(manifest, tmp_path / "full", **opts)))
+    full = train(parse_config(config(manifest, tmp_path / "full", frozen, **opts)))
 
-    raw = tiny_config(manifest, tmp_path / "cut", **opts)
+    raw = config(manifest, tmp_path / "cut", frozen, **opts)
     with pytest.raises(KeyboardInterrupt):
         train(parse_config(raw), callbacks=[StopAfter(2)])
     assert (tmp_path / "cut" / "checkpoint.safetensors").is_file()

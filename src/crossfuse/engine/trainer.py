@@ -160,6 +160,13 @@ class Trainer:
             if val_ds is not None and len(val_ds) else None
 
         raw_model = model
+        # fully frozen encoders never change: leave them out of checkpoints and best-weight copies
+        frozen = [f"encoders.{m}." for m, enc in getattr(model, "encoders", {}).items()
+                  if not any(p.requires_grad for p in enc.parameters())]
+
+        def changing_state() -> Dict[str, torch.Tensor]:
+            return {k: v for k, v in raw_model.state_dict().items() if not k.startswith(tuple(frozen))}
+
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(len(train_loader)))
         model, optimizer = fabric.setup(model, optimizer)
@@ -169,7 +176,7 @@ class Trainer:
                                  "history": [], "best_model": None}
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             ckpt = load_checkpoint(self.checkpoint_path)
-            raw_model.load_state_dict(ckpt["model"])
+            raw_model.load_state_dict(ckpt["model"], strict=not frozen)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             state = ckpt["state"]
@@ -214,7 +221,7 @@ class Trainer:
                 score = val[self.monitor]
                 if self._improved(score, state["best_score"]):
                     state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
-                                 best_model=copy.deepcopy(raw_model.state_dict()))
+                                 best_model=copy.deepcopy(changing_state()))
                 else:
                     state["bad_epochs"] += 1
             state["history"].append(record)
@@ -225,7 +232,7 @@ class Trainer:
                          ", ".join(f"{k}={record[k]:.4f}" for k in dict.fromkeys(shown) if k in record))
                 if self.checkpoint_path is not None:
                     save_checkpoint(self.checkpoint_path, {
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "model": changing_state(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state})
             fabric.barrier()
             for cb in self.callbacks:
@@ -237,7 +244,7 @@ class Trainer:
                 break
 
         if state["best_model"] is not None:
-            raw_model.load_state_dict(state["best_model"])
+            raw_model.load_state_dict(state["best_model"], strict=not frozen)
         result.history, result.best_epoch, result.best_score = state["history"], state["best_epoch"], \
             state["best_score"]
         return result

@@ -25,8 +25,10 @@ class Fusion(nn.Module):
         super().__init__()
         if not input_dims:
             raise ConfigError("A fusion method needs at least one modality")
-        self.input_dims = dict(input_dims)
-        self.modalities: List[str] = sorted(input_dims)  # a fixed order, independent of dict order
+        # one fixed order, whatever the config's key order: parameters (and so optimizer state and
+        # checkpoints) must line up between a run and its resumption
+        self.modalities: List[str] = sorted(input_dims)
+        self.input_dims = {m: input_dims[m] for m in self.modalities}
 
     def rebuild_kwargs(self) -> Dict[str, Any]:
         return dict(self._init_kwargs)
