@@ -51,7 +51,8 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
                          "f1_macro": result.metrics.get("f1_macro"), "rmse": result.metrics.get("rmse"),
                          "r2": result.metrics.get("r2"), "epochs": len(result.train.history),
                          "seconds": time.perf_counter() - start})
-            log.info("%s, seed %d: %s", label, seed, {k: v for k, v in runs[-1].items() if k != "seed"})
+            log.info("%s, seed %d: %s", label, seed, ", ".join(f"{k} {v:.4g}" for k, v in runs[-1].items()
+                                                                 if k != "seed" and v is not None))
         rows.append(summarise(label, "+".join(modalities), runs))
     write_comparison(out, rows)
     return rows
