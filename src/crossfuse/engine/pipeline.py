@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +176,3 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
     tmp.replace(out_csv)
     return result
 
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=float)
