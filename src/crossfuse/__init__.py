@@ -1,4 +1,4 @@
-"""crossfuse: cross-modal fusion of images, text and tabular data, from manifest to trained model."""
+"""crossfuse: cross-modal fusion of images, text, audio and tabular data, from manifest to trained model."""
 __version__ = "0.1.0"
 
 from crossfuse.config import Config, load_config  # noqa: E402

@@ -15,7 +15,7 @@ log = logging.getLogger("crossfuse")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crossfuse", description="Cross-modal fusion: train, evaluate and apply "
-                                "models over image, text and tabular data.")
+                                "models over image, text, audio and tabular data.")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
 

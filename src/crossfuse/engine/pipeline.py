@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 import crossfuse
-from crossfuse.config.io import save_yaml
 from crossfuse.cache import default_root
+from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
                             infer_modalities, missing_cells, read_manifest, split_frame)

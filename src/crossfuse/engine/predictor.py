@@ -15,8 +15,8 @@ from crossfuse.engine.extract import cache_modalities
 from crossfuse.engine.inference import collect_outputs, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
-from crossfuse.metrics import plot_robustness
 from crossfuse.engine.task import TaskSpec
+from crossfuse.metrics import plot_robustness
 from crossfuse.models import FusionModel, load_model, save_model
 
 log = logging.getLogger(__name__)
