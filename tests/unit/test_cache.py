@@ -187,3 +187,15 @@ def test_jpeg_decoding_on_the_device_matches_pil(tmp_path):
     b = np.stack([dev.store.get(dev.keys[i]) for i in range(6)])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.95, cos
+
+
+def test_a_loaded_model_reads_the_cache_its_config_names(tmp_path, extracted):
+    from crossfuse.engine import Predictor
+
+    manifest = make_items(tmp_path / "d", n=12)
+    train(parse_config(frozen_config(manifest, tmp_path / "r", tmp_path / "cache")))
+    assert extracted == [12]
+    predictor = Predictor.load(tmp_path / "r" / "model")
+    assert predictor.cache_root == tmp_path / "cache"
+    pred = predictor.predict_frame(pd.read_csv(manifest), manifest.parent)
+    assert extracted == [12] and len(pred) == 12  # every item read from the cache

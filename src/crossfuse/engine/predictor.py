@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from crossfuse.cache import default_root
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, missing_cells
 from crossfuse.engine.extract import cache_modalities
 from crossfuse.engine.inference import collect_outputs, softmax
@@ -30,8 +31,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
+        """Rebuild a saved model; it reads the embedding cache as its training config said."""
         model, processors, meta = load_model(path)
-        return cls(model, processors, TaskSpec.from_dict(meta["task"]), meta)
+        cache = (meta.get("config") or {}).get("cache") or {}
+        root = (Path(cache["dir"]) if cache.get("dir") else default_root()) if cache.get("enabled", True) else None
+        return cls(model, processors, TaskSpec.from_dict(meta["task"]), meta, cache_root=root)
 
     def save(self, path: str | Path) -> Path:
         return save_model(path, self.model, self.processors, self.meta)
