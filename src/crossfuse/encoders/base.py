@@ -54,6 +54,11 @@ class Encoder(nn.Module):
         return self
 
 
+def is_frozen(encoder: nn.Module) -> bool:
+    """No trainable parameter: its outputs depend only on its input (cacheable, never checkpointed)."""
+    return not any(p.requires_grad for p in encoder.parameters())
+
+
 def hf_model(transformers, path: Optional[str], hf_config: Optional[Dict[str, Any]], what: str):
     """An HF ``AutoModel``: from ``path`` (weights included), or rebuilt from a saved config dict
     (architecture only; the weights follow from model.safetensors)."""

@@ -22,13 +22,10 @@ from torch.utils.data import DataLoader
 from crossfuse.cache import EmbeddingStore
 from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
+from crossfuse.encoders import is_frozen
 from crossfuse.types import Batch, CachedFeatures
 
 log = logging.getLogger(__name__)
-
-
-def is_frozen(encoder: torch.nn.Module) -> bool:
-    return not any(p.requires_grad for p in encoder.parameters())
 
 
 def fingerprint(encoder, processor: Processor, decoder: str = "default") -> str:

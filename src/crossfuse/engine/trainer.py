@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from crossfuse.config.schema import TrainConfig
+from crossfuse.encoders import is_frozen
 from crossfuse.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossfuse.engine.inference import collect_outputs
 from crossfuse.engine.missing import drop_modalities
@@ -161,8 +162,7 @@ class Trainer:
 
         raw_model = model
         # fully frozen encoders never change: leave them out of checkpoints and best-weight copies
-        frozen = [f"encoders.{m}." for m, enc in getattr(model, "encoders", {}).items()
-                  if not any(p.requires_grad for p in enc.parameters())]
+        frozen = [f"encoders.{m}." for m, enc in getattr(model, "encoders", {}).items() if is_frozen(enc)]
 
         def changing_state() -> Dict[str, torch.Tensor]:
             return {k: v for k, v in raw_model.state_dict().items() if not k.startswith(tuple(frozen))}
