@@ -11,7 +11,7 @@ LAYERS = {
     "errors": 0, "types": 0, "registry": 0.5,  # L0; the registry reports through errors
     "config": 1,
     "layers": 2,
-    "encoders": 3, "fusion": 3, "heads": 3, "metrics": 3, "data": 3, "cache": 3,
+    "encoders": 3, "fusion": 3, "heads": 3, "metrics": 3, "data": 3, "cache": 3, "index": 3,
     "models": 4,
     "engine": 5,
     "estimator": 6, "compare": 6, "demo": 6.5,  # the demo is a comparison on bundled data

@@ -1,10 +1,11 @@
 """Data: manifests, validation, splits, processors and the streaming dataset."""
 from crossfuse.data.dataset import Collator, ManifestDataset
 from crossfuse.data.manifest import infer_modalities, read_manifest
+from crossfuse.data.pairs import is_flickr_dir, read_flickr
 from crossfuse.data.processors import PROCESSORS, Processor, processor_from_state
 from crossfuse.data.split import split_frame
 from crossfuse.data.validate import apply_policy, check_columns, find_problems, label_str, missing_cells
 
 __all__ = ["Collator", "ManifestDataset", "PROCESSORS", "Processor", "apply_policy", "check_columns",
-           "find_problems", "infer_modalities", "label_str", "missing_cells", "processor_from_state", "read_manifest",
+           "find_problems", "infer_modalities", "is_flickr_dir", "read_flickr", "label_str", "missing_cells", "processor_from_state", "read_manifest",
            "split_frame"]

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def split_frame(df: pd.DataFrame, cfg: SplitConfig, target: Optional[str], stratify: bool,
-                file: str = "manifest") -> Dict[str, pd.DataFrame]:
+                file: str = "manifest", groups: Optional[str] = None) -> Dict[str, pd.DataFrame]:
+    """``groups``: a column whose rows must stay in one split (an image's captions), for a random split."""
     if cfg.column and cfg.column in df.columns:
         names = df[cfg.column].astype(str).str.strip().str.lower()
         bad = [Problem(file, f"unknown split {v!r}; use train, val or test", pos, cfg.column)
@@ -25,7 +26,7 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig, target: Optional[str], strat
         canon = names.map(SPLIT_NAMES)
         parts = {s: df[canon.values == s] for s in ("train", "val", "test")}
     else:
-        parts = _random_split(df, cfg, target, stratify)
+        parts = _group_split(df, cfg, groups) if groups else _random_split(df, cfg, target, stratify)
     if len(parts["train"]) == 0:
         raise DataError([Problem(file, "the training split is empty")])
     return parts
@@ -44,4 +45,19 @@ def _random_split(df, cfg, target, stratify) -> Dict[str, pd.DataFrame]:
     rest, test = split(df, cfg.test_size, cfg.seed)
     val_share = cfg.val_size / (1 - cfg.test_size) if cfg.test_size < 1 else 0
     train, val = split(rest, val_share, cfg.seed + 1)
+    return {"train": train.sort_index(), "val": val.sort_index(), "test": test.sort_index()}
+
+
+def _group_split(df, cfg, groups: str) -> Dict[str, pd.DataFrame]:
+    """Random split of whole groups: no group has rows on both sides."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    def split(frame, size, seed):
+        if size <= 0 or frame[groups].nunique() < 2:
+            return frame, frame.iloc[:0]
+        a, b = next(GroupShuffleSplit(n_splits=1, test_size=size, random_state=seed).split(frame, groups=frame[groups]))
+        return frame.iloc[a], frame.iloc[b]
+
+    rest, test = split(df, cfg.test_size, cfg.seed)
+    train, val = split(rest, cfg.val_size / (1 - cfg.test_size) if cfg.test_size < 1 else 0, cfg.seed + 1)
     return {"train": train.sort_index(), "val": val.sort_index(), "test": test.sort_index()}
