@@ -162,3 +162,46 @@ def tiny_whisper(tmp_path_factory) -> Path:
         d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
         encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80, max_source_positions=50, max_target_positions=32,
         vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1))
+
+
+PALETTE = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30),
+           "black": (10, 10, 10), "white": (245, 245, 245)}
+
+
+def make_pairs(root: Path, seed: int = 0, repeats: int = 2) -> Path:
+    """Image-caption pairs: a picture with one colour above another, captioned 'red above blue'.
+    Every ordered pair of colours, ``repeats`` noisy pictures each (one group per picture)."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for top in PALETTE:
+        for bottom in PALETTE:
+            if top == bottom:
+                continue
+            for r in range(repeats):
+                i = len(rows)
+                pixels = np.zeros((16, 16, 3))
+                pixels[:8], pixels[8:] = PALETTE[top], PALETTE[bottom]
+                pixels = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+                rows.append({"id": f"pic{i}", "image": f"img/{i}.png", "caption": f"{top} above {bottom}",
+                             "split": ["train", "train", "train", "val", "test"][i % 5]})
+    path = root / "pairs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def tiny_retrieval_config(manifest: Path, out_dir: Path, epochs: int = 12, **retrieval) -> dict:
+    return {
+        "data": {"manifest": str(manifest), "task": "retrieval", "id_column": "id"},
+        "modalities": {
+            "image": {"kind": "image", "columns": ["image"],
+                      "encoder": {"name": "small_cnn", "channels": [8, 16], "image_size": 16}},
+            "text": {"kind": "text", "columns": ["caption"], "encoder": {"name": "gru", "embed_dim": 16, "hidden": 16},
+                     "processor": {"max_length": 8}},
+        },
+        "retrieval": {"embed_dim": 16, "dropout": 0.0, **retrieval},
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0, "progress": False,
+                  "early_stopping": {"patience": 100}},
+        "output_dir": str(out_dir),
+    }

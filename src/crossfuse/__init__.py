@@ -11,12 +11,12 @@ def __getattr__(name):  # the estimators pull in the whole engine; import them o
         from crossfuse import estimator
 
         return getattr(estimator, name)
-    if name in ("Predictor", "train"):
+    if name in ("Predictor", "Retriever", "train", "train_retrieval"):
         from crossfuse import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module 'crossfuse' has no attribute {name!r}")
 
 
-__all__ = ["Config", "ENCODERS", "FUSIONS", "FusionClassifier", "FusionRegressor", "Predictor", "load_config",
-           "train", "__version__"]
+__all__ = ["Config", "ENCODERS", "FUSIONS", "FusionClassifier", "FusionRegressor", "Predictor", "Retriever", "load_config",
+           "train", "train_retrieval", "__version__"]

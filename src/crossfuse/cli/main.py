@@ -1,4 +1,4 @@
-"""The `crossfuse` command line: train, evaluate, predict, validate, list, demo."""
+"""The `crossfuse` command line: train, evaluate, predict, index, search, validate, list, cache, compare, demo."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="report directory (default: MODEL/../eval-MANIFEST)")
     e.add_argument("--robustness", action="store_true",
                    help="also score with each modality removed and corrupted at rising strength")
+    e.add_argument("--group-column", help="retrieval models: rows sharing this column's value are relevant to "
+                   "each other (default: the training config's retrieval.group_column)")
     _run_options(e)
 
     r = sub.add_parser("predict", help="write predictions for a manifest to CSV")
@@ -37,6 +39,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("manifest", type=Path)
     r.add_argument("--out", type=Path, required=True, help="CSV file to write")
     _run_options(r)
+
+    ix = sub.add_parser("index", help="index a collection with a trained retrieval model")
+    ix.add_argument("model", type=Path, help="retrieval model directory")
+    ix.add_argument("manifest", type=Path, help="manifest (or Flickr folder) of the items to index")
+    ix.add_argument("--out", type=Path, help="index directory (default: MODEL/../index)")
+    ix.add_argument("--modality", help="which modality to index (default: the first non-text one)")
+    ix.add_argument("--kind", choices=["exact", "ivf", "hnsw"], default="exact",
+                    help="exact search, or approximate with FAISS (IVF cells or an HNSW graph)")
+    ix.add_argument("--add", action="store_true", help="add to the index at --out instead of replacing it")
+    ix.add_argument("--nlist", type=int, help="IVF cells (default about 4 sqrt(n))")
+    ix.add_argument("--nprobe", type=int, help="IVF cells visited per query (default 32)")
+    ix.add_argument("--ef-search", type=int, help="HNSW candidates per query (default 128)")
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--num-workers", type=int, default=0)
+
+    se = sub.add_parser("search", help="search an index with text, or with an image/audio file")
+    se.add_argument("index", type=Path, help="index directory made by `crossfuse index`")
+    se.add_argument("queries", nargs="+", help="sentences or file paths (a file that exists is used as a file)")
+    se.add_argument("--top", type=int, default=10)
+    se.add_argument("--modality", help="the queries' modality (default: from the query)")
+    se.add_argument("--model", type=Path, help="model directory (default: the one the index was built with)")
+    se.add_argument("--grid", type=Path, help="also draw the queries and their results into this PNG")
+    se.add_argument("--json", action="store_true", help="print the results as JSON")
 
     v = sub.add_parser("validate", help="check a config and its manifest without training")
     v.add_argument("config", type=Path)
@@ -91,6 +116,14 @@ def cmd_train(args) -> int:
     from crossfuse.engine import train
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.task == "retrieval":
+        from crossfuse.engine import train_retrieval
+
+        run = train_retrieval(cfg, resume=args.resume)
+        table = {d: {k: round(v[k], 4) for k in ("recall@1", "recall@5", "recall@10")}
+                 for d, v in run.metrics["directions"].items()}
+        print(f"model: {run.model_dir}\nreport: {run.output_dir / 'summary.md'}\ntest: {json.dumps(table)}")
+        return 0
     result = train(cfg, resume=args.resume)
     m = result.metrics
     headline = {k: round(m[k], 4) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse", "r2")
@@ -103,6 +136,18 @@ def cmd_evaluate(args) -> int:
     from crossfuse.engine import read_and_evaluate
 
     out = args.out or args.model.parent / f"eval-{args.manifest.stem}"
+    if _is_retrieval_model(args.model):
+        from crossfuse.engine import Retriever
+        from crossfuse.engine.pipeline import load_table
+
+        retriever = Retriever.load(args.model)
+        df, base_dir, file = load_table(_manifest_config(args.manifest))
+        retriever.evaluate_frame(df, base_dir, file, group_column=args.group_column, out_dir=out, batch_size=args.batch_size,
+                                 num_workers=args.num_workers, on_bad_item=args.on_bad_item, progress=True,
+                                 extra={"model": str(args.model), "manifest": str(args.manifest)})
+        print((out / "summary.md").read_text())
+        print(f"report: {out}")
+        return 0
     m = read_and_evaluate(args.model, args.manifest, out, args.on_bad_item, args.batch_size, args.num_workers,
                           robustness=args.robustness)
     print((out / "summary.md").read_text())
@@ -116,6 +161,49 @@ def cmd_predict(args) -> int:
     result = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
                               args.num_workers)
     print(f"wrote {len(result)} predictions to {args.out}")
+    return 0
+
+
+def _is_retrieval_model(model_dir: Path) -> bool:
+    try:
+        meta = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # load_model reports what is wrong with the directory
+    return meta.get("architecture", {}).get("kind") == "retrieval"
+
+
+def _manifest_config(manifest: Path):
+    from crossfuse.config.schema import Config, DataConfig
+
+    return Config(data=DataConfig(manifest=str(manifest)))
+
+
+def cmd_index(args) -> int:
+    from crossfuse.engine import index_manifest
+
+    params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe), ("ef_search", args.ef_search))
+              if v is not None}
+    out = args.out or args.model.parent / (f"index-{args.modality}" if args.modality else "index")
+    index = index_manifest(args.model, args.manifest, out, args.modality, args.kind, add=args.add,
+                           batch_size=args.batch_size, num_workers=args.num_workers, **params)
+    print(f"index: {out} ({len(index)} {index.meta['modality']} items, {index.kind}, {index.backend})")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from crossfuse.engine import search_index
+
+    hits = search_index(args.index, args.queries, args.top, args.modality, args.model, args.grid)
+    if args.json:
+        print(json.dumps([{"query": q, "results": h} for q, h in zip(args.queries, hits)], indent=2))
+    else:
+        for q, hs in zip(args.queries, hits):
+            print(f"query: {q}")
+            for h in hs:
+                extra = "  ".join(f"{k}={v}" for k, v in h.items() if k not in ("rank", "score", "value", "row"))
+                print(f"  {h['rank']:>3}. {h['score']:.4f}  {h['value']}  (row {h['row']}{'  ' + extra if extra else ''})")
+    if args.grid:
+        print(f"grid: {args.grid}")
     return 0
 
 
@@ -199,7 +287,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "validate": cmd_validate,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "validate": cmd_validate,
             "list": cmd_list, "cache": cmd_cache, "compare": cmd_compare, "demo": cmd_demo}
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
 MODALITY_KINDS = ("image", "text", "audio", "tabular")
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", "classification", "regression", "retrieval")
 BAD_ITEM_POLICIES = ("error", "skip", "missing")
 
 
@@ -35,7 +35,7 @@ class SplitConfig:
 class DataConfig:
     manifest: Optional[str] = None
     target: Optional[str] = "label"
-    task: Literal["auto", "classification", "regression"] = "auto"
+    task: Literal["auto", "classification", "regression", "retrieval"] = "auto"
     id_column: Optional[str] = None
     on_bad_item: Literal["error", "skip", "missing"] = "error"
     check_files: bool = True  # open every file during validation (catches corrupt images early)
@@ -69,6 +69,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = 1e-3
+    encoder_lr: Optional[float] = None  # learning rate of trainable encoder (backbone) weights; none: lr
     weight_decay: float = 0.01
     momentum: float = 0.9  # SGD only
     scheduler: Literal["none", "cosine", "step"] = "cosine"
@@ -88,6 +89,9 @@ class TrainConfig:
     devices: Union[int, str] = 1
     strategy: str = "auto"
     progress: bool = True
+    # retrieval: after early stopping chose the epoch count on the validation split, train a fresh
+    # model on train + val for that many epochs (small pair sets gain from the extra pairs)
+    refit: bool = False
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -99,6 +103,22 @@ class CacheConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """Contrastive training of a shared embedding space (``data.task: retrieval``)."""
+
+    embed_dim: int = 256  # size of the shared space
+    hidden: List[int] = field(default_factory=list)  # projection MLP hidden widths; [] = linear
+    dropout: float = 0.5  # on the encoder features before projecting (small pair sets overfit)
+    loss: Literal["infonce", "siglip"] = "infonce"
+    temperature: float = 0.07  # initial; logits = similarity / temperature
+    learn_temperature: bool = True
+    # rows with the same value here are one item (an image and its 5 captions); none: every row its own
+    group_column: Optional[str] = None
+    # the modality pair whose mean Recall@1/5/10 (both ways) early stopping watches; none: the first two
+    monitor_pair: Optional[List[str]] = None
+
+
+@dataclass
 class Config:
     modalities: Dict[str, ModalityConfig] = field(default_factory=dict)  # empty: inferred from the manifest
     data: DataConfig = field(default_factory=DataConfig)
@@ -106,6 +126,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     output_dir: str = "runs/latest"
 
     def to_dict(self) -> Dict[str, Any]:

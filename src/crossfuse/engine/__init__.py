@@ -1,8 +1,9 @@
 """Engine: training loop, evaluation, prediction and the end-to-end pipeline."""
 from crossfuse.engine.pipeline import RunResult, read_and_evaluate, read_and_predict, resolve_config, train
 from crossfuse.engine.predictor import Predictor
+from crossfuse.engine.retrieval import RetrievalRun, Retriever, index_manifest, search_index, train_retrieval
 from crossfuse.engine.task import TaskSpec
 from crossfuse.engine.trainer import Trainer
 
-__all__ = ["Predictor", "RunResult", "TaskSpec", "Trainer", "read_and_evaluate", "read_and_predict",
+__all__ = ["Predictor", "RetrievalRun", "Retriever", "RunResult", "index_manifest", "search_index", "train_retrieval", "TaskSpec", "Trainer", "read_and_evaluate", "read_and_predict",
            "resolve_config", "train"]

@@ -16,7 +16,7 @@ from crossfuse.cache import default_root
 from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
-                            infer_modalities, missing_cells, read_manifest, split_frame)
+                            infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest, split_frame)
 from crossfuse.engine.extract import cache_modalities
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
@@ -44,6 +44,11 @@ def load_table(cfg: Config) -> Tuple[pd.DataFrame, Path, str]:
     if not cfg.data.manifest:
         raise ConfigError("'data.manifest' is required: the path of a CSV, JSONL or Parquet manifest")
     path = Path(cfg.data.manifest)
+    if path.is_dir():  # a Flickr8K/30K folder as distributed (captions file + images)
+        if not is_flickr_dir(path):
+            raise ConfigError(f"'data.manifest' is a directory ({path}) but not a Flickr dataset folder; "
+                              "give a CSV, JSONL or Parquet manifest")
+        return read_flickr(path), path, str(path)
     return read_manifest(path), path.parent, str(path)
 
 

@@ -85,11 +85,16 @@ def resolve_precision(cfg: TrainConfig) -> str:
 class Trainer:
     """Fits a model with early stopping on ``monitor``; checkpoints every epoch when given a path."""
 
-    def __init__(self, cfg: TrainConfig, loss_fn: torch.nn.Module, metrics_fn: MetricsFn, monitor: str,
-                 higher_is_better: bool, checkpoint_path: Optional[Path] = None, callbacks: Sequence[Any] = ()):
+    def __init__(self, cfg: TrainConfig, loss_fn: Optional[torch.nn.Module], metrics_fn: Optional[MetricsFn],
+                 monitor: str, higher_is_better: bool, checkpoint_path: Optional[Path] = None,
+                 callbacks: Sequence[Any] = (), step_loss: Optional[Callable[[Any, Batch], torch.Tensor]] = None,
+                 evaluate: Optional[Callable[[torch.nn.Module, DataLoader], Dict[str, Any]]] = None):
+        """``step_loss(output, batch)`` and ``evaluate(model, val_loader)`` replace the default
+        (loss_fn on logits and targets; metrics_fn on collected logits) for other kinds of model."""
         from lightning_fabric import Fabric
 
         self.cfg, self.loss_fn, self.metrics_fn = cfg, loss_fn, metrics_fn
+        self.step_loss, self.evaluate = step_loss, evaluate
         self.monitor, self.higher_is_better = monitor, higher_is_better
         self.checkpoint_path = checkpoint_path
         self.callbacks = list(callbacks)
@@ -105,6 +110,11 @@ class Trainer:
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         c = self.cfg
         params = [p for p in model.parameters() if p.requires_grad]
+        if c.encoder_lr is not None:  # fine-tuned backbones usually want a smaller step than new layers
+            enc = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoders.")]
+            ids = {id(p) for p in enc}
+            if enc:
+                params = [{"params": [p for p in params if id(p) not in ids]}, {"params": enc, "lr": c.encoder_lr}]
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
@@ -139,6 +149,8 @@ class Trainer:
         return score > best + delta if self.higher_is_better else score < best - delta
 
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, Any]:
+        if self.evaluate is not None:
+            return self.evaluate(model, loader)
         out = collect_outputs(model, loader, self.fabric.device, autocast=self.fabric.autocast())
         logits, targets = torch.from_numpy(out["logits"]), torch.from_numpy(out["targets"])
         metrics = self.metrics_fn(out["logits"], out["targets"])
@@ -170,7 +182,8 @@ class Trainer:
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(len(train_loader)))
         model, optimizer = fabric.setup(model, optimizer)
-        self.loss_fn = self.loss_fn.to(fabric.device)
+        if self.loss_fn is not None:
+            self.loss_fn = self.loss_fn.to(fabric.device)
 
         state: Dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0,
                                  "history": [], "best_model": None}
@@ -200,7 +213,8 @@ class Trainer:
                 if rates:  # the same mask path as inference; only the mask changes
                     batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index)
                 out = model(batch)
-                loss = self.loss_fn(out.logits.float(), batch.target)
+                loss = self.step_loss(out, batch) if self.step_loss is not None \
+                    else self.loss_fn(out.logits.float(), batch.target)
                 optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss)
                 if c.grad_clip:

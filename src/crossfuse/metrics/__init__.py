@@ -1,7 +1,7 @@
 """Evaluation metrics and plots."""
 from crossfuse.metrics.classification import classification_metrics, regression_metrics
 from crossfuse.metrics.retrieval import retrieval_metrics
-from crossfuse.metrics.plots import plot_confusion_matrix, plot_robustness, plot_training_curves
+from crossfuse.metrics.plots import plot_confusion_matrix, plot_robustness, plot_search_results, plot_training_curves
 
-__all__ = ["classification_metrics", "regression_metrics", "plot_confusion_matrix", "plot_robustness", "retrieval_metrics",
+__all__ = ["classification_metrics", "regression_metrics", "plot_confusion_matrix", "plot_robustness", "plot_search_results", "retrieval_metrics",
            "plot_training_curves"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -77,4 +77,58 @@ def plot_robustness(curves: Dict[str, List[tuple]], baseline: float, path: str |
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = None) -> None:
+    """One cell of a results grid: an image thumbnail, or wrapped text (audio: its file name)."""
+    import textwrap
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if kind == "image":
+        try:
+            from PIL import Image
+
+            with Image.open(value) as im:
+                im.thumbnail((256, 256))
+                rgba = im.convert("RGBA")  # transparent stamps and icons: shown on white, as models see them
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                ax.imshow(np.asarray(Image.alpha_composite(white, rgba).convert("RGB")))
+        except (OSError, ValueError):
+            ax.text(0.5, 0.5, "(unreadable)", ha="center", va="center", fontsize=8)
+    else:
+        text = f"[audio] {Path(str(value)).name}" if kind == "audio" else str(value)
+        ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 22)[:6]), ha="center", va="center", fontsize=8,
+                transform=ax.transAxes)
+    ax.set_xlabel(caption, fontsize=7)
+    if good is not None:
+        for spine in ax.spines.values():
+            spine.set_edgecolor("tab:green" if good else "tab:red")
+            spine.set_linewidth(3)
+
+
+def plot_search_results(queries: Sequence[Dict], path: str | Path, title: str = "") -> None:
+    """A grid: one row per query (first column) followed by its top results, best first.
+
+    Each query is ``{"kind", "value", "results": [{"kind", "value", "score", "relevant"?}, ...]}``;
+    results marked relevant get a green frame, others red (no frame when unknown).
+    """
+    plt = _plt()
+    cols = 1 + max((len(q["results"]) for q in queries), default=0)
+    fig, axes = plt.subplots(len(queries), cols, figsize=(1.9 * cols, 2.1 * len(queries)), squeeze=False)
+    for r, q in enumerate(queries):
+        _draw_item(axes[r][0], q["kind"], q["value"], "query")
+        axes[r][0].set_facecolor("#eef3fb")
+        for c in range(1, cols):
+            ax = axes[r][c]
+            if c - 1 < len(q["results"]):
+                hit = q["results"][c - 1]
+                _draw_item(ax, hit["kind"], hit["value"], f"#{c}  {hit['score']:.3f}", hit.get("relevant"))
+            else:
+                ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

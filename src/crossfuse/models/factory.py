@@ -5,14 +5,16 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pandas as pd
+import torch
 
 from crossfuse.config.schema import Config, ModalityConfig
 from crossfuse.data.processors import PROCESSORS, Processor
-from crossfuse.encoders import ENCODERS
+from crossfuse.encoders import ENCODERS, Encoder
 from crossfuse.errors import ConfigError
 from crossfuse.fusion import FUSIONS
 from crossfuse.heads import Head
 from crossfuse.models.fusion_model import FusionModel
+from crossfuse.models.retrieval_model import RetrievalModel
 
 
 def component_problems(cfg: Config) -> List[str]:
@@ -42,9 +44,9 @@ def make_processors(modalities: Dict[str, ModalityConfig]) -> Dict[str, Processo
     return {name: PROCESSORS[m.kind](m.columns, **m.processor) for name, m in modalities.items()}
 
 
-def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.DataFrame, base_dir: Path,
-                out_dim: int) -> FusionModel:
-    """Fit processors on the training rows, build encoders with what they learned, then fuse."""
+def build_encoders(cfg: Config, processors: Dict[str, Processor], train_df: pd.DataFrame,
+                   base_dir: Path) -> Dict[str, Encoder]:
+    """Fit processors on the training rows and build each modality's encoder with what they learned."""
     encoders = {}
     for name, m in cfg.modalities.items():
         cls = ENCODERS.get(m.encoder.name)
@@ -55,6 +57,13 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
             kwargs.update(proc.encoder_kwargs())
         encoders[name] = ENCODERS.build(m.encoder.name, **kwargs)
         proc.configure(encoders[name])
+    return encoders
+
+
+def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.DataFrame, base_dir: Path,
+                out_dim: int) -> FusionModel:
+    """Encoders (see build_encoders), then the fusion method and the head."""
+    encoders = build_encoders(cfg, processors, train_df, base_dir)
     input_dims = {name: e.output_dim for name, e in encoders.items()}
     if getattr(FUSIONS.get(cfg.fusion.name), "decision_level", False):  # fusion emits the outputs itself
         fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, n_outputs=out_dim, **cfg.fusion.params)
@@ -64,10 +73,19 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
     return FusionModel(encoders, fusion, head)
 
 
-def param_counts(model: FusionModel) -> Tuple[int, int]:
+def build_retrieval_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.DataFrame,
+                          base_dir: Path) -> RetrievalModel:
+    """Encoders (see build_encoders), each with a projection into the shared space."""
+    r = cfg.retrieval
+    return RetrievalModel(build_encoders(cfg, processors, train_df, base_dir), embed_dim=r.embed_dim, hidden=r.hidden,
+                          dropout=r.dropout, temperature=r.temperature, learn_temperature=r.learn_temperature,
+                          loss=r.loss)
+
+
+def param_counts(model: torch.nn.Module) -> Tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
 
 
-__all__ = ["ConfigError", "build_model", "component_problems", "make_processors", "param_counts"]
+__all__ = ["ConfigError", "build_encoders", "build_model", "build_retrieval_model", "component_problems", "make_processors", "param_counts"]

@@ -81,7 +81,7 @@ class FusionModel(nn.Module):
         return cls(encoders, fusion, Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"]))
 
 
-def save_model(path: str | Path, model: FusionModel, processors: Mapping[str, Any], meta: Dict[str, Any]) -> Path:
+def save_model(path: str | Path, model: nn.Module, processors: Mapping[str, Any], meta: Dict[str, Any]) -> Path:
     """Write config.json + model.safetensors + processors.json into a fresh directory, atomically.
 
     The files go to a temporary sibling directory that is renamed into place at the end, so a
@@ -120,7 +120,12 @@ def load_model(path: str | Path, map_location: str = "cpu"):
     if missing:
         raise CrossfuseError(f"{path} is not a crossfuse model directory (missing {', '.join(missing)})")
     meta = json.loads((path / CONFIG_FILE).read_text())
-    model = FusionModel.from_architecture(meta["architecture"])
+    if meta["architecture"].get("kind") == "retrieval":
+        from crossfuse.models.retrieval_model import RetrievalModel
+
+        model = RetrievalModel.from_architecture(meta["architecture"])
+    else:
+        model = FusionModel.from_architecture(meta["architecture"])
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=map_location))
     model.eval()
     processors = {m: processor_from_state(s) for m, s in json.loads((path / PROCESSORS_FILE).read_text()).items()}

@@ -1,0 +1,111 @@
+"""RetrievalModel: one tower per modality (encoder -> projection) into a shared, normalised space.
+
+Two towers make CLIP's dual encoder; more make an N-tower model trained over every modality pair.
+The temperature (and SigLIP's bias) are parameters of the model, learned with it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossfuse.encoders import ENCODERS, Encoder
+from crossfuse.layers import MLP
+from crossfuse.types import Batch, CachedFeatures
+
+MAX_SCALE = 100.0  # CLIP clips the logit scale at 100 (temperature 0.01)
+
+
+@dataclass
+class RetrievalOutput:
+    embeddings: Dict[str, torch.Tensor]  # L2-normalised, (B, embed_dim) per modality
+    mask: Dict[str, torch.Tensor]
+    scale: torch.Tensor  # 1 / temperature
+    bias: torch.Tensor  # SigLIP's logit bias (unused by InfoNCE)
+
+
+class Projection(nn.Module):
+    """Dropout on the encoder's features, then a linear map or an MLP into the shared space."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = MLP(in_dim, hidden, out_dim, dropout=dropout)
+        self.output_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.dropout(x))
+
+
+class RetrievalModel(nn.Module):
+    def __init__(self, encoders: Mapping[str, Encoder], embed_dim: int = 256, hidden: Sequence[int] = (),
+                 dropout: float = 0.5, temperature: float = 0.07, learn_temperature: bool = True,
+                 loss: str = "infonce"):
+        super().__init__()
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
+        self.projections = nn.ModuleDict({m: Projection(e.output_dim, embed_dim, hidden, dropout)
+                                          for m, e in self.encoders.items()})
+        # SigLIP starts at scale 10, bias -10 (its paper); InfoNCE at 1 / temperature (CLIP: 0.07)
+        init_scale = 10.0 if loss == "siglip" else 1.0 / temperature
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn_temperature)
+        self.bias = nn.Parameter(torch.tensor(-10.0 if loss == "siglip" else 0.0), requires_grad=loss == "siglip")
+        self.embed_dim = self.output_dim = embed_dim
+        self._init_kwargs = {"embed_dim": embed_dim, "hidden": list(hidden), "dropout": dropout,
+                             "temperature": temperature, "learn_temperature": learn_temperature, "loss": loss}
+
+    @property
+    def modalities(self):
+        return list(self.encoders)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=MAX_SCALE)
+
+    def features(self, m: str, inputs: Any) -> torch.Tensor:
+        if isinstance(inputs, CachedFeatures):  # read from the embedding cache
+            return inputs.values
+        return self.encoders[m](inputs)
+
+    def embed(self, m: str, inputs: Any) -> torch.Tensor:
+        """Normalised shared-space embeddings of one modality's collated inputs."""
+        return F.normalize(self.projections[m](self.features(m, inputs)).float(), dim=-1)
+
+    def forward(self, batch: Batch) -> RetrievalOutput:
+        return RetrievalOutput({m: self.embed(m, batch.inputs[m]) for m in self.encoders if m in batch.inputs},
+                               batch.mask, self.scale, self.bias)
+
+    # --- self-description -----------------------------------------------------------------
+    def architecture(self) -> Dict[str, Any]:
+        return {"kind": "retrieval",
+                "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()} for m, e in self.encoders.items()},
+                "retrieval": self._init_kwargs}
+
+    @classmethod
+    def from_architecture(cls, arch: Dict[str, Any]) -> "RetrievalModel":
+        encoders = {m: ENCODERS.build(e["name"], **e["kwargs"]) for m, e in arch["encoders"].items()}
+        return cls(encoders, **arch["retrieval"])
+
+
+def pair_loss(out: RetrievalOutput, groups: Optional[torch.Tensor], loss: str = "infonce") -> torch.Tensor:
+    """The contrastive loss averaged over every modality pair, each on the rows that
+    have both modalities. ``groups``: rows with equal ids are positives of each other."""
+    from crossfuse.layers import info_nce, sigmoid_loss
+
+    mods = sorted(out.embeddings)
+    terms = []
+    for i, a in enumerate(mods):
+        for b in mods[i + 1:]:
+            both = out.mask[a] & out.mask[b]
+            if int(both.sum()) < 2:  # one pair has no negatives to learn from
+                continue
+            g = None if groups is None else groups[both]
+            ea, eb = out.embeddings[a][both], out.embeddings[b][both]
+            terms.append(sigmoid_loss(ea, eb, out.scale, out.bias, g) if loss == "siglip"
+                         else info_nce(ea, eb, out.scale, g))
+    if not terms:  # keep the graph so backward works; contributes nothing
+        return sum(e.sum() * 0.0 for e in out.embeddings.values())
+    return torch.stack(terms).mean()
