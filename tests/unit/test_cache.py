@@ -199,3 +199,26 @@ def test_a_loaded_model_reads_the_cache_its_config_names(tmp_path, extracted):
     assert predictor.cache_root == tmp_path / "cache"
     pred = predictor.predict_frame(pd.read_csv(manifest), manifest.parent)
     assert extracted == [12] and len(pred) == 12  # every item read from the cache
+
+
+def test_fingerprint_memo_follows_in_place_weight_changes():
+    import torch
+
+    from crossfuse.data.processors import PROCESSORS
+    from crossfuse.encoders import ENCODERS
+    from crossfuse.engine.extract import fingerprint
+
+    enc = ENCODERS.build("small_cnn", channels=[4], image_size=16)
+    proc = PROCESSORS["image"](["image"], size=16)
+    original = {k: v.clone() for k, v in enc.state_dict().items()}
+    first = fingerprint(enc, proc)
+    assert fingerprint(enc, proc) == first  # the memo: same weights, same digest
+    with torch.no_grad():
+        next(enc.parameters()).add_(1.0)  # in place: same storage, new version
+    changed = fingerprint(enc, proc)
+    assert changed != first
+    enc.load_state_dict(original)
+    assert fingerprint(enc, proc) == first
+    fresh = ENCODERS.build("small_cnn", channels=[4], image_size=16)
+    fresh.load_state_dict(original)
+    assert fingerprint(fresh, proc) == first  # equal weights in another module: equal digest

@@ -12,7 +12,7 @@ import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,15 +30,30 @@ log = logging.getLogger(__name__)
 
 def fingerprint(encoder, processor: Processor, decoder: str = "default") -> str:
     """Digest of the encoder's identity, its weights, the processor's output-relevant settings and
-    the image decoder (on-device JPEG decoding resizes slightly differently from PIL)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"encoder": encoder.registry_name, "kwargs": encoder.rebuild_kwargs(),
-                         "processor": processor.cache_settings(), "decoder": decoder},
-                        sort_keys=True, default=str).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"{encoder.registry_name}-{h.hexdigest()[:24]}"
+    the image decoder (on-device JPEG decoding resizes slightly differently from PIL).
+
+    Hashing a large backbone's weights takes a moment, so the weight digest is remembered on the
+    encoder together with each tensor's storage and version counter: any in-place change to a
+    weight (or a new tensor) bumps those and the weights are hashed again.
+    """
+    settings = json.dumps({"encoder": encoder.registry_name, "kwargs": encoder.rebuild_kwargs(),
+                           "processor": processor.cache_settings(), "decoder": decoder},
+                          sort_keys=True, default=str)
+    state = sorted(encoder.state_dict().items())
+    try:
+        stamp = tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in state)
+    except RuntimeError:  # inference tensors keep no version counter: never reuse a digest
+        stamp = None
+    memo = getattr(encoder, "_weights_digest", None)
+    if memo is None or stamp is None or memo[0] != stamp:
+        w = hashlib.sha256()
+        for name, tensor in state:
+            w.update(name.encode())
+            w.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        memo = (stamp, w.hexdigest())
+        object.__setattr__(encoder, "_weights_digest", memo)  # a plain attribute, not a module/buffer
+    digest = hashlib.sha256((settings + memo[1]).encode()).hexdigest()
+    return f"{encoder.registry_name}-{digest[:24]}"
 
 
 class CachedModality:
@@ -73,16 +88,19 @@ class CachedModality:
 @torch.inference_mode()
 def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path,
                      root: Path, batch_size: int = 64, num_workers: int = 0, device: Optional[torch.device] = None,
-                     missing=(), progress: bool = True, device_decode: Optional[bool] = None
-                     ) -> Dict[str, CachedModality]:
+                     missing=(), progress: bool = True, device_decode: Optional[bool] = None,
+                     only: Optional[Sequence[str]] = None) -> Dict[str, CachedModality]:
     """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins.
 
     ``device_decode``: decode JPEG images on ``device`` (nvjpeg on a GPU) instead of with PIL in
     the workers; None turns it on for a CUDA device when every image of a modality is a JPEG.
+    ``only``: these modalities (default: all the model has).
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out: Dict[str, CachedModality] = {}
     for m, enc in model.encoders.items():
+        if only is not None and m not in only:
+            continue
         proc = processors[m]
         if not is_frozen(enc) or not hasattr(proc, "content_key"):
             continue
