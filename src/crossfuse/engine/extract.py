@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from crossfuse.cache import EmbeddingStore
+from crossfuse.cache import EmbeddingStore, default_root
 from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
 from crossfuse.encoders import is_frozen
@@ -54,6 +54,14 @@ def fingerprint(encoder, processor: Processor, decoder: str = "default") -> str:
         object.__setattr__(encoder, "_weights_digest", memo)  # a plain attribute, not a module/buffer
     digest = hashlib.sha256((settings + memo[1]).encode()).hexdigest()
     return f"{encoder.registry_name}-{digest[:24]}"
+
+
+def cache_root(cache: Any) -> Optional[Path]:
+    """Where a config's embedding cache lives (a CacheConfig or its dict form); None when disabled."""
+    get = cache.get if isinstance(cache, dict) else lambda k, d=None: getattr(cache, k, d)
+    if not get("enabled", True):
+        return None
+    return Path(get("dir")) if get("dir") else default_root()
 
 
 class CachedModality:

@@ -12,12 +12,11 @@ import pandas as pd
 import torch
 
 import crossfuse
-from crossfuse.cache import default_root
 from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
                             infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest, split_frame)
-from crossfuse.engine.extract import cache_modalities
+from crossfuse.engine.extract import cache_modalities, cache_root
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
@@ -98,10 +97,10 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     log.info("Model: %s fusion over %s; %s parameters (%s trainable)", cfg.fusion.name, ", ".join(cfg.modalities),
              f"{total:,}", f"{trainable:,}")
 
-    cache_root = (Path(cfg.cache.dir) if cfg.cache.dir else default_root()) if cfg.cache.enabled else None
+    root = cache_root(cfg.cache)
     sources = dict(processors)  # what the datasets read: processors, or cached vectors for frozen encoders
-    if cache_root is not None:
-        sources.update(cache_modalities(model, processors, df, base_dir, cache_root, cfg.cache.batch_size,
+    if root is not None:
+        sources.update(cache_modalities(model, processors, df, base_dir, root, cfg.cache.batch_size,
                                         cfg.train.num_workers, missing=missing, progress=cfg.train.progress))
     collate = Collator(sources, regression=task.kind == "regression")
     train_y = task.encode(splits["train"][target])
@@ -121,7 +120,7 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
 
     meta = {"crossfuse_version": crossfuse.__version__, "task": task.to_dict(), "target": target,
             "id_column": cfg.data.id_column, "config": cfg.to_dict()}
-    predictor = Predictor(model, processors, task, meta, cache_root=cache_root)
+    predictor = Predictor(model, processors, task, meta, cache_root=root)
     eval_part = "test" if len(splits["test"]) else "val" if len(splits["val"]) else "train"
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "fusion": cfg.fusion.name, "modalities": ", ".join(cfg.modalities),

@@ -10,9 +10,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from crossfuse.cache import default_root
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, missing_cells
-from crossfuse.engine.extract import cache_modalities
+from crossfuse.engine.extract import cache_modalities, cache_root
 from crossfuse.engine.inference import collect_outputs, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
@@ -33,8 +32,7 @@ class Predictor:
     def load(cls, path: str | Path) -> "Predictor":
         """Rebuild a saved model; it reads the embedding cache as its training config said."""
         model, processors, meta = load_model(path)
-        cache = (meta.get("config") or {}).get("cache") or {}
-        root = (Path(cache["dir"]) if cache.get("dir") else default_root()) if cache.get("enabled", True) else None
+        root = cache_root((meta.get("config") or {}).get("cache") or {})
         return cls(model, processors, TaskSpec.from_dict(meta["task"]), meta, cache_root=root)
 
     def save(self, path: str | Path) -> Path:

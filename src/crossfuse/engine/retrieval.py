@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -19,14 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import crossfuse
-from crossfuse.cache import default_root
 from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems, infer_modalities,
                             missing_cells, read_manifest, split_frame)
 from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
-from crossfuse.engine.extract import cache_modalities
-from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
+from crossfuse.engine.extract import cache_modalities, cache_root
+from crossfuse.engine.pipeline import RunResult, load_table, validate_data
+from crossfuse.engine.trainer import Trainer, seed_all
 from crossfuse.errors import ConfigError, CrossfuseError, DataError, Problem
 from crossfuse.index import VectorIndex
 from crossfuse.metrics import plot_search_results, plot_training_curves, retrieval_metrics
@@ -95,9 +94,7 @@ class Retriever:
         if not isinstance(model, RetrievalModel):
             raise CrossfuseError(f"{path} is a {meta.get('task', {}).get('kind', 'fusion')} model, not a retrieval "
                                  "model (train one with data.task: retrieval)")
-        cache = (meta.get("config") or {}).get("cache") or {}
-        root = (Path(cache["dir"]) if cache.get("dir") else default_root()) if cache.get("enabled", True) else None
-        r = cls(model, processors, meta, cache_root=root)
+        r = cls(model, processors, meta, cache_root=cache_root((meta.get("config") or {}).get("cache") or {}))
         r.path = Path(path)
         return r
 
@@ -295,17 +292,12 @@ def write_retrieval_report(out_dir: Path, metrics: Dict[str, Any], history=None,
 
 
 # --- training ---------------------------------------------------------------------------------
-@dataclass
-class RetrievalRun:
-    retriever: Retriever
-    metrics: Dict[str, Any]
-    train: TrainResult
-    output_dir: Optional[Path]
-    split_sizes: Dict[str, int]
+class RetrievalRun(RunResult):
+    """A RunResult whose predictor is a Retriever (also reachable as ``retriever``)."""
 
     @property
-    def model_dir(self) -> Optional[Path]:
-        return None if self.output_dir is None else self.output_dir / "model"
+    def retriever(self) -> "Retriever":
+        return self.predictor
 
 
 def resolve_retrieval_config(cfg: Config, df: pd.DataFrame, flickr: bool = False) -> Config:
@@ -337,8 +329,6 @@ def resolve_retrieval_config(cfg: Config, df: pd.DataFrame, flickr: bool = False
 def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Path] = None,
                     resume: bool = False, callbacks: Sequence[Any] = (), save: bool = True) -> RetrievalRun:
     """Train a shared embedding space on a manifest of pairs, evaluate it on the test split, save it."""
-    from crossfuse.engine.pipeline import load_table, validate_data
-
     file, flickr = "<dataframe>", False
     if df is None:
         df, base_dir, file = load_table(cfg)
@@ -357,10 +347,10 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
     log.info("Retrieval model over %s into %d-d; %s parameters (%s trainable)", ", ".join(model.modalities),
              r.embed_dim, f"{total:,}", f"{trainable:,}")
 
-    cache_root = (Path(cfg.cache.dir) if cfg.cache.dir else default_root()) if cfg.cache.enabled else None
+    root = cache_root(cfg.cache)
     sources = dict(processors)
-    if cache_root is not None:
-        sources.update(cache_modalities(model, processors, df, base_dir, cache_root, cfg.cache.batch_size,
+    if root is not None:
+        sources.update(cache_modalities(model, processors, df, base_dir, root, cfg.cache.batch_size,
                                         cfg.train.num_workers, missing=missing, progress=cfg.train.progress))
     collate = Collator(sources)
 
@@ -424,7 +414,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
     meta = {"crossfuse_version": crossfuse.__version__, "task": {"kind": "retrieval"}, "target": None,
             "id_column": cfg.data.id_column, "group_column": r.group_column, "monitor_pair": pair,
             "config": cfg.to_dict()}
-    retriever = Retriever(model, processors, meta, cache_root=cache_root)
+    retriever = Retriever(model, processors, meta, cache_root=root)
     eval_part = "test" if len(splits["test"]) else "val" if has_val else "train"
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "modalities": ", ".join(order), "loss": r.loss,

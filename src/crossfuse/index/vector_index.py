@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from crossfuse.atomic import atomic_directory
 from crossfuse.errors import ConfigError, CrossfuseError
 
 log = logging.getLogger(__name__)
@@ -162,27 +160,18 @@ class VectorIndex:
     # --- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write the index into directory ``path`` (replaced atomically); ``extra`` goes to index.json."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         meta = {"format": "crossfuse-index/1", "dim": self.dim, "kind": self.kind, "backend": self.backend,
                 "count": len(self), "params": self.params, **(extra or {})}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        (tmp / IDS_FILE).write_text(json.dumps(self.ids))
-        if self.backend == "faiss" and self._faiss is not None:
-            import faiss
+        with atomic_directory(path) as tmp:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            (tmp / IDS_FILE).write_text(json.dumps(self.ids))
+            if self.backend == "faiss" and self._faiss is not None:
+                import faiss
 
-            faiss.write_index(self._faiss, str(tmp / FAISS_FILE))
-        else:
-            np.save(tmp / NUMPY_FILE, self._vectors)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+                faiss.write_index(self._faiss, str(tmp / FAISS_FILE))
+            else:
+                np.save(tmp / NUMPY_FILE, self._vectors)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorIndex":

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
+from crossfuse.atomic import atomic_directory
 from crossfuse.encoders import ENCODERS, Encoder
 from crossfuse.errors import CrossfuseError
 from crossfuse.fusion import FUSIONS, Fusion
@@ -89,24 +88,13 @@ def save_model(path: str | Path, model: nn.Module, processors: Mapping[str, Any]
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     config = {"format": "crossfuse-model/1", **meta, "architecture": model.architecture()}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS_FILE))
-    (tmp / PROCESSORS_FILE).write_text(json.dumps({m: p.state() for m, p in processors.items()}))
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+    with atomic_directory(path) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / PROCESSORS_FILE).write_text(json.dumps({m: p.state() for m, p in processors.items()}))
+    return Path(path)
 
 
 def load_model(path: str | Path, map_location: str = "cpu"):
