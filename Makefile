@@ -30,7 +30,7 @@ test: install-test
 	$(PY) -m pytest -q
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -e ".[hf,whisper,presets]"
+	$(PIP) install -e ".[hf,whisper,presets,index]"
 	touch $@
 
 install-bench: $(VENV)/.installed-bench
@@ -53,6 +53,8 @@ benchmarks: install-bench data/tuxpaint/manifest.csv data/av_digits/manifest.csv
 	$(PY) benchmarks/train_cached.py
 	$(PY) benchmarks/missing_modalities.py
 	$(PY) benchmarks/streaming_memory.py
+	$(PY) benchmarks/retrieval_tuxpaint.py --seeds 0 1 2
+	$(PY) benchmarks/search_latency.py
 
 # espeak-ng synthesises the spoken digits of AV-digits; Debian package, needs root (as in CI)
 espeak-ng:
