@@ -168,11 +168,14 @@ PALETTE = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), 
            "black": (10, 10, 10), "white": (245, 245, 245)}
 
 
-def make_pairs(root: Path, seed: int = 0, repeats: int = 2) -> Path:
+def make_pairs(root: Path, seed: int = 0, repeats: int = 2, audio: bool = False) -> Path:
     """Image-caption pairs: a picture with one colour above another, captioned 'red above blue'.
-    Every ordered pair of colours, ``repeats`` noisy pictures each (one group per picture)."""
+    Every ordered pair of colours, ``repeats`` noisy pictures each (one group per picture). With
+    ``audio``, a tone whose pitch names the top colour, missing on every fourth row."""
     rng = np.random.default_rng(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
+    if audio:
+        (root / "wav").mkdir(parents=True, exist_ok=True)
     rows = []
     for top in PALETTE:
         for bottom in PALETTE:
@@ -186,6 +189,10 @@ def make_pairs(root: Path, seed: int = 0, repeats: int = 2) -> Path:
                 Image.fromarray(pixels).save(root / "img" / f"{i}.png")
                 rows.append({"id": f"pic{i}", "image": f"img/{i}.png", "caption": f"{top} above {bottom}",
                              "split": ["train", "train", "train", "val", "test"][i % 5]})
+                if audio:
+                    pitch = 300.0 * 1.5 ** list(PALETTE).index(top)
+                    write_tone(root / "wav" / f"{i}.wav", pitch, seconds=0.25, rng=rng)
+                    rows[-1]["sound"] = f"wav/{i}.wav" if i % 4 else None
     path = root / "pairs.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -205,3 +212,22 @@ def tiny_retrieval_config(manifest: Path, out_dir: Path, epochs: int = 12, **ret
                   "early_stopping": {"patience": 100}},
         "output_dir": str(out_dir),
     }
+
+
+FLICKR_NAMES = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg",
+                "1003163366_44323f5815.jpg"]
+
+
+def make_flickr8k(root, token_lines=None, split_lists=True):
+    """A Flickr8K folder as distributed: 4 images, 5 captions each, split lists 2/1/1."""
+    (root / "Flicker8k_Dataset").mkdir(parents=True)
+    for i, name in enumerate(FLICKR_NAMES):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / "Flicker8k_Dataset" / name)
+    lines = token_lines or [f"{name}#{k}\tcaption {k} of image {i} ." for i, name in enumerate(FLICKR_NAMES)
+                            for k in range(5)]
+    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    if split_lists:
+        (root / "Flickr_8k.trainImages.txt").write_text("\n".join(FLICKR_NAMES[:2]) + "\n")
+        (root / "Flickr_8k.devImages.txt").write_text(FLICKR_NAMES[2] + "\n")
+        (root / "Flickr_8k.testImages.txt").write_text(FLICKR_NAMES[3] + "\n")
+    return root

@@ -11,7 +11,7 @@ from crossfuse.cli.main import main
 from crossfuse.engine import Retriever
 from crossfuse.index import VectorIndex
 
-from conftest import make_pairs, tiny_retrieval_config
+from conftest import make_flickr8k, make_pairs, tiny_retrieval_config
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,63 @@ def test_refit_trains_again_on_train_and_val_for_the_best_epoch_count(tmp_path):
     assert refit == [(e, best) for e in range(1, best + 1)]  # a fresh run of exactly best_epoch epochs
     t2i = run.metrics["directions"]["text->image"]
     assert t2i["queries"] == 6 and 0 <= t2i["recall@10"] <= 1  # the test split, scored by the refit model
+
+
+def test_three_towers_train_every_pair_and_search_audio_by_text(tmp_path, capsys):
+    manifest = make_pairs(tmp_path / "data", audio=True)
+    cfg = tiny_retrieval_config(manifest, tmp_path / "run", epochs=8)
+    cfg["modalities"]["sound"] = {"kind": "audio", "columns": ["sound"], "processor": {"duration": 0.25},
+                                  "encoder": {"name": "audio_cnn", "channels": [4, 8], "n_mels": 16}}
+    cfg["data"]["on_bad_item"] = "missing"  # rows without sound still pair image with text
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["-q", "validate", str(path)]) == 1  # it lists the 15 empty cells ...
+    out = capsys.readouterr().out
+    assert "task: retrieval into 16-d" in out and "15 problem(s)" in out and "treat the bad cells as missing" in out
+    assert main(["-q", "train", str(path)]) == 0  # ... which training then treats as missing
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(m["directions"]) == {"image->text", "text->image", "image->sound", "sound->image", "sound->text",
+                                    "text->sound"}
+    assert m["monitor_pair"] == ["image", "text"]  # the first two modalities of the config
+    # rows without audio are left out of the audio directions only: 12 test rows, 9 with sound
+    assert m["directions"]["sound->text"]["queries"] == 9 and m["directions"]["text->sound"]["gallery"] == 9
+    assert m["directions"]["text->image"]["queries"] == 12 and m["n"] == 12
+    retriever = Retriever.load(tmp_path / "run" / "model")
+    assert retriever.modalities == ["image", "sound", "text"]
+
+    sounds = tmp_path / "sounds"
+    assert main(["-q", "index", str(tmp_path / "run" / "model"), str(manifest), "--modality", "sound",
+                 "--out", str(sounds)]) == 0
+    assert json.loads((sounds / "index.json").read_text())["count"] == 45  # 60 rows, 15 without sound
+    capsys.readouterr()
+    assert main(["-q", "search", str(sounds), "blue above red", "--top", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["results"]
+    assert len(hits) == 3 and all(h["value"].endswith(".wav") for h in hits)
+    wav = str(manifest.parent / "wav" / "1.wav")
+    captions = tmp_path / "captions"
+    assert main(["-q", "index", str(tmp_path / "run" / "model"), str(manifest), "--modality", "text",
+                 "--out", str(captions)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "search", str(captions), wav, "--top", "2", "--json"]) == 0  # audio -> text
+    assert len(json.loads(capsys.readouterr().out)[0]["results"]) == 2
+
+
+def test_training_from_a_flickr_folder_groups_the_captions_of_an_image(tmp_path):
+    from crossfuse.config import parse_config
+    from crossfuse.engine import train_retrieval
+
+    root = make_flickr8k(tmp_path / "Flickr8k")
+    cfg = tiny_retrieval_config(root, tmp_path / "run", epochs=2)
+    cfg["modalities"]["image"]["encoder"]["image_size"] = 8
+    cfg["data"].pop("id_column")
+    cfg["data"]["split"] = {"column": "split"}
+    run = train_retrieval(parse_config(cfg))
+    assert run.retriever.meta["group_column"] == "image_id"
+    assert run.split_sizes == {"train": 10, "val": 5, "test": 5}  # 2 / 1 / 1 images, 5 captions each
+    t2i, i2t = run.metrics["directions"]["text->image"], run.metrics["directions"]["image->text"]
+    assert (t2i["queries"], t2i["gallery"]) == (5, 1)  # five captions, one distinct test image
+    assert (i2t["queries"], i2t["gallery"]) == (1, 5)
+    assert i2t["recall@1"] == 1.0 and t2i["recall@1"] == 1.0  # one image: every ranking is right
 
 
 def test_clear_errors_for_retrieval_configs(tmp_path, capsys):

@@ -10,21 +10,8 @@ from PIL import Image
 from crossfuse.data import is_flickr_dir, read_flickr
 from crossfuse.errors import DataError
 
-NAMES = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg",
-         "1003163366_44323f5815.jpg"]
-
-
-def flickr8k(root, token_lines=None, split_lists=True):
-    (root / "Flicker8k_Dataset").mkdir(parents=True)
-    for i, name in enumerate(NAMES):
-        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / "Flicker8k_Dataset" / name)
-    lines = token_lines or [f"{name}#{k}\tcaption {k} of image {i} ." for i, name in enumerate(NAMES) for k in range(5)]
-    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
-    if split_lists:
-        (root / "Flickr_8k.trainImages.txt").write_text("\n".join(NAMES[:2]) + "\n")
-        (root / "Flickr_8k.devImages.txt").write_text(NAMES[2] + "\n")
-        (root / "Flickr_8k.testImages.txt").write_text(NAMES[3] + "\n")
-    return root
+from conftest import FLICKR_NAMES as NAMES
+from conftest import make_flickr8k as flickr8k
 
 
 def test_flickr8k_token_file_and_split_lists(tmp_path):

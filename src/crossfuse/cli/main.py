@@ -213,11 +213,18 @@ def cmd_validate(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     df, base_dir, file = load_table(cfg)
-    cfg = resolve_config(cfg, df)
+    if cfg.data.task == "retrieval":
+        from crossfuse.engine.retrieval import resolve_retrieval_config
+
+        cfg = resolve_retrieval_config(cfg, df, flickr=Path(cfg.data.manifest).is_dir())
+    else:
+        cfg = resolve_config(cfg, df)
     _, problems = validate_data(cfg, df, base_dir, file)
     for m, mc in cfg.modalities.items():
         print(f"modality {m}: {mc.kind} {mc.columns} -> encoder {mc.encoder.name}")
-    print(f"fusion: {cfg.fusion.name}; task: {cfg.data.task}; rows: {len(df)}")
+    head = f"task: retrieval into {cfg.retrieval.embed_dim}-d ({cfg.retrieval.loss})" \
+        if cfg.data.task == "retrieval" else f"fusion: {cfg.fusion.name}; task: {cfg.data.task}"
+    print(f"{head}; rows: {len(df)}")
     if problems:
         print(f"{len(problems)} problem(s):")
         for p in problems:

@@ -210,10 +210,13 @@ class Retriever:
 
     def evaluate_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>",
                        group_column: Optional[str] = None, out_dir: Optional[Path] = None, batch_size: int = 64,
-                       num_workers: int = 0, on_bad_item: str = "skip", history=None,
+                       num_workers: int = 0, on_bad_item: str = "missing", history=None,
                        extra: Optional[Dict[str, Any]] = None, progress: bool = False, known_missing=(),
                        check_files: bool = True) -> Dict[str, Any]:
-        """Recall@1/5/10, median/mean rank and mAP for every modality pair, both directions."""
+        """Recall@1/5/10, median/mean rank and mAP for every modality pair, both directions.
+
+        With ``on_bad_item="missing"`` a row with an empty or bad cell still counts in the
+        directions between its other modalities."""
         group_column = group_column or self.meta.get("group_column")
         check_columns(df, self.processors, file, None)
         problems = find_problems(df, self.processors, file, base_dir, None, "retrieval", open_files=check_files)
