@@ -95,6 +95,24 @@ def test_index_add_appends_and_python_api_matches_cli(trained, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
+def test_loading_one_tower_gives_the_same_embeddings(trained):
+    import pandas as pd
+
+    from crossfuse.errors import CrossfuseError
+
+    _, manifest, run = trained
+    full = Retriever.load(run / "model")
+    image_only = Retriever.load(run / "model", modalities=["image"])
+    assert image_only.modalities == ["image"] and list(image_only.processors) == ["image"]
+    assert not any(k.startswith(("encoders.text", "projections.text")) for k in image_only.model.state_dict())
+    df = pd.read_csv(manifest).head(8)
+    a = full.embed_frame(df, manifest.parent, ["image"])["image"][0]
+    b = image_only.embed_frame(df, manifest.parent)["image"][0]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(CrossfuseError, match="no modality audio"):
+        Retriever.load(run / "model", modalities=["audio"])
+
+
 def test_evaluate_cli_on_a_retrieval_model(trained, capsys):
     root, manifest, run = trained
     assert main(["-q", "evaluate", str(run / "model"), str(manifest), "--out", str(root / "eval")]) == 0

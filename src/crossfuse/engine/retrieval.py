@@ -89,8 +89,9 @@ class Retriever:
         self.model.eval()
 
     @classmethod
-    def load(cls, path: str | Path) -> "Retriever":
-        model, processors, meta = load_model(path)
+    def load(cls, path: str | Path, modalities: Optional[Sequence[str]] = None) -> "Retriever":
+        """``modalities``: load only these towers (e.g. the query's, to search a ready index)."""
+        model, processors, meta = load_model(path, modalities=modalities)
         if not isinstance(model, RetrievalModel):
             raise CrossfuseError(f"{path} is a {meta.get('task', {}).get('kind', 'fusion')} model, not a retrieval "
                                  "model (train one with data.task: retrieval)")
@@ -155,17 +156,7 @@ class Retriever:
 
     def query_modality(self, query: str) -> str:
         """A path to an existing image or audio file is that modality; anything else is text."""
-        kinds = {getattr(p, "kind", ""): m for m, p in self.processors.items()}
-        lower = str(query).lower()
-        if Path(str(query)).is_file():
-            if lower.endswith(IMAGE_EXTS) and "image" in kinds:
-                return kinds["image"]
-            if lower.endswith(AUDIO_EXTS) and "audio" in kinds:
-                return kinds["audio"]
-        if "text" not in kinds:
-            raise CrossfuseError(f"'{query}' is not an image or audio file the model can read, and the model has no "
-                                 "text tower")
-        return kinds["text"]
+        return query_modality(query, {m: getattr(p, "kind", "") for m, p in self.processors.items()})
 
     def build_index(self, df: pd.DataFrame, base_dir: Path, modality: str, kind: str = "exact",
                     id_column: Optional[str] = None, index: Optional[VectorIndex] = None, batch_size: int = 64,
@@ -257,6 +248,22 @@ class Retriever:
                             "results": [{"kind": kinds[g_mod], "value": value(g_mod, gi[j]), "score": float(scores[j]),
                                          "relevant": bool(groups[gi[j]] == groups[r])} for j in best]})
         plot_search_results(queries, path, f"{q_mod} -> {g_mod}: top {top} (green: the query's pair)")
+
+
+def query_modality(query: str, kinds: Mapping[str, str]) -> str:
+    """The modality (of ``kinds``: name -> image/text/audio/...) a free-form query belongs to: an
+    existing image or audio file is that kind, anything else is text."""
+    by_kind = {k: m for m, k in kinds.items()}
+    lower = str(query).lower()
+    if Path(str(query)).is_file():
+        if lower.endswith(IMAGE_EXTS) and "image" in by_kind:
+            return by_kind["image"]
+        if lower.endswith(AUDIO_EXTS) and "audio" in by_kind:
+            return by_kind["audio"]
+    if "text" not in by_kind:
+        raise CrossfuseError(f"'{query}' is not an image or audio file the model can read, and the model has no "
+                             "text tower")
+    return by_kind["text"]
 
 
 def _display_value(value: Any, base_dir: Path) -> str:
@@ -476,16 +483,16 @@ def search_index(index_dir: Path, queries: Sequence[str], top: int = 10, modalit
                  model_dir: Optional[Path] = None, grid: Optional[Path] = None) -> List[List[Dict[str, Any]]]:
     """Search an index saved by ``index_manifest``; its model is found through index.json."""
     index = VectorIndex.load(index_dir)
-    model_dir = model_dir or Path(index.meta.get("model", ""))
+    model_dir = Path(model_dir or index.meta.get("model", ""))
     if not (model_dir / "config.json").is_file():
         raise CrossfuseError(f"the model of index {index_dir} is not at '{model_dir}'; pass --model")
-    retriever = Retriever.load(model_dir)
+    kinds = {m: state.get("kind", "") for m, state in json.loads((model_dir / "processors.json").read_text()).items()}
+    modality = modality or query_modality(queries[0], kinds)
+    retriever = Retriever.load(model_dir, modalities=[modality])  # only the query's tower is needed
     hits = retriever.search(index, queries, top, modality)
     if grid is not None:
-        kinds = {m: getattr(p, "kind", "text") for m, p in retriever.processors.items()}
         g_kind = kinds.get(index.meta.get("modality"), "text")
-        q_kind = kinds[modality or retriever.query_modality(queries[0])]
-        plot_search_results([{"kind": q_kind, "value": q, "results": [{"kind": g_kind, "value": h["value"],
-                                                                      "score": h["score"]} for h in hs]}
+        plot_search_results([{"kind": kinds[modality], "value": q, "results": [{"kind": g_kind, "value": h["value"],
+                                                                               "score": h["score"]} for h in hs]}
                              for q, hs in zip(queries, hits)], grid)
     return hits

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -97,9 +97,13 @@ def save_model(path: str | Path, model: nn.Module, processors: Mapping[str, Any]
     return Path(path)
 
 
-def load_model(path: str | Path, map_location: str = "cpu"):
-    """Rebuild (model, processors, meta) from a model directory; never unpickles."""
-    from safetensors.torch import load_file
+def load_model(path: str | Path, map_location: str = "cpu", modalities: Optional[Sequence[str]] = None):
+    """Rebuild (model, processors, meta) from a model directory; never unpickles.
+
+    ``modalities`` (retrieval models only): build and load just these towers, reading only their
+    weights; searching captions with an image then never builds the text encoder.
+    """
+    from safetensors import safe_open
 
     from crossfuse.data.processors import processor_from_state
 
@@ -108,13 +112,25 @@ def load_model(path: str | Path, map_location: str = "cpu"):
     if missing:
         raise CrossfuseError(f"{path} is not a crossfuse model directory (missing {', '.join(missing)})")
     meta = json.loads((path / CONFIG_FILE).read_text())
-    if meta["architecture"].get("kind") == "retrieval":
+    arch = meta["architecture"]
+    keep = lambda key: True  # noqa: E731
+    if arch.get("kind") == "retrieval":
         from crossfuse.models.retrieval_model import RetrievalModel
 
-        model = RetrievalModel.from_architecture(meta["architecture"])
+        if modalities is not None:
+            unknown = set(modalities) - set(arch["encoders"])
+            if unknown:
+                raise CrossfuseError(f"{path} has no modality {', '.join(sorted(unknown))}; it has "
+                                     f"{', '.join(arch['encoders'])}")
+            arch = {**arch, "encoders": {m: e for m, e in arch["encoders"].items() if m in modalities}}
+            towers = tuple(f"{part}.{m}." for part in ("encoders", "projections") for m in arch["encoders"])
+            keep = lambda key: key.startswith(towers) or not key.startswith(("encoders.", "projections."))  # noqa
+        model = RetrievalModel.from_architecture(arch)
     else:
-        model = FusionModel.from_architecture(meta["architecture"])
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=map_location))
+        model = FusionModel.from_architecture(arch)
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt", device=map_location) as f:
+        model.load_state_dict({k: f.get_tensor(k) for k in f.keys() if keep(k)})
     model.eval()
-    processors = {m: processor_from_state(s) for m, s in json.loads((path / PROCESSORS_FILE).read_text()).items()}
+    processors = {m: processor_from_state(s) for m, s in json.loads((path / PROCESSORS_FILE).read_text()).items()
+                  if m in getattr(model, "encoders", {})}
     return model, processors, meta
