@@ -4,7 +4,8 @@
 
 Held out: the manifest's test split (393 stamps, half the set), each caption a query against all
 393 test images (and each image against all captions); relevance is the item's own pair. crossfuse
-chooses the epoch count on the val split, then refits on train + val (the config's train.refit).
+chooses the epoch count on the val split, then refits on train + val (the config's train.refit);
+once with the learned space alone, once with the zero-shot class-name bridge (retrieval.bridge).
 The reference maps EfficientNet-Lite0 features into MiniLM's space with ridge regression (alpha by
 cross-validation on train + val) and ranks by cosine, on the same split and features.
 """
@@ -25,6 +26,8 @@ from crossfuse.engine import train_retrieval
 from crossfuse.metrics import retrieval_metrics
 
 HERE = Path(__file__).resolve().parent
+# what each model adds to the config: the learned space alone, and with the zero-shot class-name bridge
+VARIANTS = {"infonce": ["retrieval.bridge=null"], "infonce+bridge": []}
 
 
 def ridge_reference(run) -> dict:
@@ -62,26 +65,29 @@ def main() -> None:
     ARGS = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"torch {torch.__version__}; config {ARGS.config}")
-    rows, run = [], None
-    for seed in ARGS.seeds:
-        cfg = load_config(ARGS.config, ARGS.overrides + [f"train.seed={seed}", "train.progress=false",
-                                                         f"output_dir=runs/tuxpaint-retrieval/seed{seed}"])
-        start = time.perf_counter()
-        run = train_retrieval(cfg)
-        d = run.metrics["directions"]
-        rows.append(d)
-        print(f"seed {seed}: {time.perf_counter() - start:.1f} s, epochs chosen on val {run.train.best_epoch}; "
-              + "; ".join(f"{k} R@1 {v['recall@1']:.3f} R@5 {v['recall@5']:.3f} R@10 {v['recall@10']:.3f}"
-                          for k, v in d.items()), flush=True)
+    results, run = {}, None
+    for variant, extra in VARIANTS.items():
+        rows = results.setdefault(variant, [])
+        for seed in ARGS.seeds:
+            cfg = load_config(ARGS.config, ARGS.overrides + extra + [
+                f"train.seed={seed}", "train.progress=false", f"output_dir=runs/tuxpaint-retrieval/{variant}-seed{seed}"])
+            start = time.perf_counter()
+            run = train_retrieval(cfg)
+            d = run.metrics["directions"]
+            rows.append(d)
+            print(f"{variant} seed {seed}: {time.perf_counter() - start:.1f} s, epochs chosen on val "
+                  f"{run.train.best_epoch}; " + "; ".join(f"{k} R@1 {v['recall@1']:.3f} R@5 {v['recall@5']:.3f} "
+                                                          f"R@10 {v['recall@10']:.3f}" for k, v in d.items()), flush=True)
     ref = ridge_reference(run)
-    print(f"\n| model | direction | queries | R@1 | R@5 | R@10 | median rank | mAP |\n|---|---|---|---|---|---|---|---|")
+    print("\n| model | direction | queries | R@1 | R@5 | R@10 | median rank | mAP |\n|---|---|---|---|---|---|---|---|")
     for direction in ("text->image", "image->text"):
-        vals = {k: np.array([r[direction][k] for r in rows]) for k in ("recall@1", "recall@5", "recall@10",
-                                                                      "median_rank", "mAP")}
-        cell = lambda k: f"{vals[k].mean():.3f} ± {vals[k].std():.3f}" if len(rows) > 1 else f"{vals[k][0]:.3f}"  # noqa
-        print(f"| crossfuse (infonce, {len(rows)} seeds) | {direction} | {rows[0][direction]['queries']} | "
-              f"{cell('recall@1')} | {cell('recall@5')} | {cell('recall@10')} | {vals['median_rank'].mean():.1f} | "
-              f"{cell('mAP')} |")
+        for variant, rows in results.items():
+            vals = {k: np.array([r[direction][k] for r in rows]) for k in ("recall@1", "recall@5", "recall@10",
+                                                                          "median_rank", "mAP")}
+            cell = lambda k: f"{vals[k].mean():.3f} ± {vals[k].std():.3f}" if len(rows) > 1 else f"{vals[k][0]:.3f}"  # noqa
+            print(f"| crossfuse {variant} ({len(rows)} seeds) | {direction} | {rows[0][direction]['queries']} | "
+                  f"{cell('recall@1')} | {cell('recall@5')} | {cell('recall@10')} | {vals['median_rank'].mean():.1f} "
+                  f"| {cell('mAP')} |")
         r = ref[direction]
         print(f"| ridge map (alpha {ref['alpha']:g}) | {direction} | {r['queries']} | {r['recall@1']:.3f} | "
               f"{r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['median_rank']:.1f} | {r['mAP']:.3f} |")

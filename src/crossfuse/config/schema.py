@@ -103,6 +103,20 @@ class CacheConfig:
 
 
 @dataclass
+class BridgeConfig:
+    """A zero-shot semantic bridge (ConSE, Norouzi et al. 2014): an image encoder's pretrained
+    classifier names what it sees; the text encoder embeds those class names; the probability-
+    weighted mean of the names' embeddings places the image in the text encoder's own space."""
+
+    weight: float = 0.5  # share of the similarity that comes from the bridge (the rest: the learned space)
+    top: int = 10  # classes kept per image (0: all)
+    temperature: float = 1.0  # on the classifier's logits
+    template: str = "A {}."  # how a class name is written before the text encoder embeds it
+    source: Optional[str] = None  # the image modality; none: the one whose encoder has a classifier
+    target: Optional[str] = None  # the text modality; none: the first text modality
+
+
+@dataclass
 class RetrievalConfig:
     """Contrastive training of a shared embedding space (``data.task: retrieval``)."""
 
@@ -116,6 +130,7 @@ class RetrievalConfig:
     group_column: Optional[str] = None
     # the modality pair whose mean Recall@1/5/10 (both ways) early stopping watches; none: the first two
     monitor_pair: Optional[List[str]] = None
+    bridge: Optional[BridgeConfig] = None  # {} turns it on with the defaults
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Dict, List, Optional
 
+import torch
 from torch import nn
 
 from crossfuse.registry import Registry
@@ -21,6 +22,15 @@ class Encoder(nn.Module):
     # True when the encoder brings its own tokenizer (pretrained text models)
     provides_tokenizer: ClassVar[bool] = False
     output_dim: int
+
+    def class_names(self) -> Optional[List[str]]:
+        """Names of the classes ``classify`` scores, for encoders that keep a pretrained classifier
+        (an ImageNet head); None otherwise."""
+        return None
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits from this encoder's output features (see ``class_names``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no classifier")
 
     def rebuild_kwargs(self) -> Dict[str, Any]:
         """Constructor kwargs that rebuild this architecture with no external files.

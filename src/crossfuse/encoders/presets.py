@@ -12,7 +12,7 @@ fusion model on their features.
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -66,6 +66,15 @@ class EfficientNetLite0(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.extract_features(x).mean((2, 3))
+
+    def class_names(self) -> List[str]:
+        """The 1,000 ImageNet-1k classes of the pretrained head, in its index order."""
+        from torchvision.models import ResNet50_Weights  # the standard list ships with torchvision
+
+        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.backbone._fc(features)  # the pretrained head sits on the pooled features
 
 
 @ENCODERS.register("whisper_tiny_en")

@@ -183,7 +183,7 @@ class Retriever:
                for r, v, i in zip(rows.index, rows[col].tolist(),
                                   rows[id_column].tolist() if id_column else [None] * len(rows))]
         if index is None:
-            index = VectorIndex(self.model.embed_dim, kind, **params)
+            index = VectorIndex(self.model.output_dim, kind, **params)
         index.add(vectors[present], ids)
         log.info("Indexed %d %s items (%d in the index)", len(ids), modality, len(index))
         return index

@@ -77,9 +77,59 @@ def build_retrieval_model(cfg: Config, processors: Dict[str, Processor], train_d
                           base_dir: Path) -> RetrievalModel:
     """Encoders (see build_encoders), each with a projection into the shared space."""
     r = cfg.retrieval
-    return RetrievalModel(build_encoders(cfg, processors, train_df, base_dir), embed_dim=r.embed_dim, hidden=r.hidden,
-                          dropout=r.dropout, temperature=r.temperature, learn_temperature=r.learn_temperature,
-                          loss=r.loss)
+    encoders = build_encoders(cfg, processors, train_df, base_dir)
+    bridge = None
+    if r.bridge is not None:
+        source, target, names = _bridge_ends(cfg, encoders)
+        b = r.bridge
+        bridge = {"source": source, "target": target, "n_classes": len(names), "dim": encoders[target].output_dim,
+                  "weight": b.weight, "top": b.top, "temperature": b.temperature, "template": b.template}
+    model = RetrievalModel(encoders, embed_dim=r.embed_dim, hidden=r.hidden, dropout=r.dropout,
+                           temperature=r.temperature, learn_temperature=r.learn_temperature, loss=r.loss, bridge=bridge)
+    if bridge is not None:
+        texts = [r.bridge.template.format(name) for name in names]
+        model.set_bridge_classes(embed_texts(encoders[target], processors[target], texts, base_dir))
+    return model
+
+
+def _bridge_ends(cfg: Config, encoders: Dict[str, Encoder]) -> Tuple[str, str, List[str]]:
+    """The bridge's image modality (with a named-class classifier), its text modality, the class names."""
+    from crossfuse.encoders import is_frozen
+
+    b = cfg.retrieval.bridge
+    named = [m for m, e in encoders.items() if e.class_names()]
+    texts = [m for m, mc in cfg.modalities.items() if mc.kind == "text"]
+    source = b.source or (named[0] if named else None)
+    target = b.target or (texts[0] if texts else None)
+    problems = []
+    if source is None or source not in encoders or not encoders[source].class_names():
+        problems.append(f"retrieval.bridge: the source modality needs an encoder with a pretrained classifier over "
+                        f"named classes (efficientnet_lite0); got {source or 'none'}")
+    if target is None or target not in texts:
+        problems.append(f"retrieval.bridge: the target must be a text modality; got {target or 'none'}")
+    elif not is_frozen(encoders[target]):
+        problems.append(f"retrieval.bridge: the text encoder of '{target}' must be frozen (its embeddings of the "
+                        "class names are computed once)")
+    if not 0.0 <= b.weight < 1.0:
+        problems.append(f"retrieval.bridge.weight must be in [0, 1); got {b.weight}")
+    if problems:
+        raise ConfigError(problems)
+    return source, target, encoders[source].class_names()
+
+
+@torch.no_grad()
+def embed_texts(encoder: Encoder, processor: Processor, texts: List[str], base_dir: Path,
+                batch_size: int = 64) -> torch.Tensor:
+    """A text encoder's features of plain strings, through its processor (tokenizer)."""
+    was = encoder.training
+    encoder.eval()
+    column = processor.columns[0]
+    out = []
+    for s in range(0, len(texts), batch_size):
+        inputs, _ = processor.collate([processor.load({column: t}, base_dir, False) for t in texts[s:s + batch_size]])
+        out.append(encoder(inputs).float())
+    encoder.train(was)
+    return torch.cat(out)
 
 
 def param_counts(model: torch.nn.Module) -> Tuple[int, int]:

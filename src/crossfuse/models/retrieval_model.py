@@ -42,9 +42,15 @@ class Projection(nn.Module):
 
 
 class RetrievalModel(nn.Module):
+    """Per-modality towers into one space. With ``bridge`` (a dict: source, target, n_classes, dim,
+    weight, top, temperature) each embedding is [sqrt(1-w) * learned ; sqrt(w) * bridge], where the
+    bridge block is, for the source (image) modality, the normalised probability-weighted mean of the
+    class-name embeddings ``bridge_classes`` (filled by ``set_bridge_classes``), for the target
+    (text) modality its own normalised encoder features, and zeros for any other modality."""
+
     def __init__(self, encoders: Mapping[str, Encoder], embed_dim: int = 256, hidden: Sequence[int] = (),
                  dropout: float = 0.5, temperature: float = 0.07, learn_temperature: bool = True,
-                 loss: str = "infonce"):
+                 loss: str = "infonce", bridge: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
         self.projections = nn.ModuleDict({m: Projection(e.output_dim, embed_dim, hidden, dropout)
@@ -54,8 +60,15 @@ class RetrievalModel(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn_temperature)
         self.bias = nn.Parameter(torch.tensor(-10.0 if loss == "siglip" else 0.0), requires_grad=loss == "siglip")
         self.embed_dim = self.output_dim = embed_dim
+        self.bridge = dict(bridge) if bridge else None
+        if self.bridge:
+            b = self.bridge
+            # the class names' text embeddings: saved with the weights, rebuilt here at their size
+            self.register_buffer("bridge_classes", torch.zeros(int(b["n_classes"]), int(b["dim"])))
+            self.output_dim = embed_dim + int(b["dim"])
         self._init_kwargs = {"embed_dim": embed_dim, "hidden": list(hidden), "dropout": dropout,
-                             "temperature": temperature, "learn_temperature": learn_temperature, "loss": loss}
+                             "temperature": temperature, "learn_temperature": learn_temperature, "loss": loss,
+                             "bridge": self.bridge}
 
     @property
     def modalities(self):
@@ -71,8 +84,34 @@ class RetrievalModel(nn.Module):
         return self.encoders[m](inputs)
 
     def embed(self, m: str, inputs: Any) -> torch.Tensor:
-        """Normalised shared-space embeddings of one modality's collated inputs."""
-        return F.normalize(self.projections[m](self.features(m, inputs)).float(), dim=-1)
+        """Shared-space embeddings (unit length, for the bridged modalities) of one modality's inputs."""
+        features = self.features(m, inputs)
+        learned = F.normalize(self.projections[m](features).float(), dim=-1)
+        if not self.bridge:
+            return learned
+        w = float(self.bridge["weight"])
+        return torch.cat([(1 - w) ** 0.5 * learned, w ** 0.5 * self.bridge_block(m, features)], dim=-1)
+
+    def bridge_block(self, m: str, features: torch.Tensor) -> torch.Tensor:
+        b = self.bridge
+        if m == b["target"]:
+            return F.normalize(features.float(), dim=-1)
+        if m != b["source"]:
+            return features.new_zeros(len(features), int(b["dim"])).float()
+        probs = (self.encoders[m].classify(features).float() / float(b["temperature"])).softmax(-1)
+        top = int(b["top"])
+        if 0 < top < probs.shape[-1]:  # keep the most likely classes only, renormalised
+            kept = probs.topk(top, dim=-1)
+            probs = torch.zeros_like(probs).scatter(-1, kept.indices, kept.values)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return F.normalize(probs @ self.bridge_classes.float(), dim=-1)
+
+    def set_bridge_classes(self, embeddings: torch.Tensor) -> None:
+        """Store the target encoder's embeddings of the source classifier's class names."""
+        if tuple(embeddings.shape) != tuple(self.bridge_classes.shape):
+            raise ValueError(f"bridge class embeddings must be {tuple(self.bridge_classes.shape)}; "
+                             f"got {tuple(embeddings.shape)}")
+        self.bridge_classes.copy_(embeddings)
 
     def forward(self, batch: Batch) -> RetrievalOutput:
         return RetrievalOutput({m: self.embed(m, batch.inputs[m]) for m in self.encoders if m in batch.inputs},
