@@ -236,3 +236,18 @@ def test_clear_errors_for_retrieval_configs(tmp_path, capsys):
     assert main(["-q", "train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "at least two modalities" in err and "group_column" in err and "monitor_pair" in err
+
+
+def test_without_faiss_every_index_is_exact_numpy(trained, tmp_path, monkeypatch, capsys):
+    import sys
+
+    root, manifest, run = trained
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    from crossfuse.index import faiss_available
+
+    assert not faiss_available()
+    assert main(["-q", "index", str(run / "model"), str(manifest), "--kind", "hnsw", "--out", str(tmp_path / "i")]) == 0
+    meta = json.loads((tmp_path / "i" / "index.json").read_text())
+    assert (meta["backend"], meta["kind"]) == ("numpy", "exact") and (tmp_path / "i" / "vectors.npy").is_file()
+    assert "FAISS is not installed" in capsys.readouterr().err  # a warning, even with -q
+    assert main(["-q", "search", str(tmp_path / "i"), "red above blue", "--top", "2"]) == 0
