@@ -26,7 +26,7 @@ from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
 from crossfuse.engine.extract import cache_modalities, cache_root
 from crossfuse.engine.pipeline import RunResult, load_table, validate_data
 from crossfuse.engine.trainer import Trainer, seed_all
-from crossfuse.errors import ConfigError, CrossfuseError, DataError, Problem
+from crossfuse.errors import ConfigError, CrossfuseError, DataError
 from crossfuse.index import VectorIndex
 from crossfuse.metrics import plot_search_results, plot_training_curves, retrieval_metrics
 from crossfuse.models import RetrievalModel, build_retrieval_model, component_problems, load_model, pair_loss, \
@@ -95,9 +95,7 @@ class Retriever:
         if not isinstance(model, RetrievalModel):
             raise CrossfuseError(f"{path} is a {meta.get('task', {}).get('kind', 'fusion')} model, not a retrieval "
                                  "model (train one with data.task: retrieval)")
-        r = cls(model, processors, meta, cache_root=cache_root((meta.get("config") or {}).get("cache") or {}))
-        r.path = Path(path)
-        return r
+        return cls(model, processors, meta, cache_root=cache_root((meta.get("config") or {}).get("cache") or {}))
 
     def save(self, path: str | Path) -> Path:
         return save_model(path, self.model, self.processors, self.meta)
