@@ -69,22 +69,25 @@ def main() -> None:
     for variant, extra in VARIANTS.items():
         rows = results.setdefault(variant, [])
         for seed in ARGS.seeds:
-            cfg = load_config(ARGS.config, ARGS.overrides + extra + [
-                f"train.seed={seed}", "train.progress=false", f"output_dir=runs/tuxpaint-retrieval/{variant}-seed{seed}"])
+            out = f"runs/tuxpaint-retrieval/{variant}-seed{seed}"
+            cfg = load_config(ARGS.config, ARGS.overrides + extra + [f"train.seed={seed}", "train.progress=false",
+                                                                     f"output_dir={out}"])
             start = time.perf_counter()
             run = train_retrieval(cfg)
             d = run.metrics["directions"]
             rows.append(d)
+            scores = "; ".join(f"{k} R@1 {v['recall@1']:.3f} R@5 {v['recall@5']:.3f} R@10 {v['recall@10']:.3f}"
+                               for k, v in d.items())
             print(f"{variant} seed {seed}: {time.perf_counter() - start:.1f} s, epochs chosen on val "
-                  f"{run.train.best_epoch}; " + "; ".join(f"{k} R@1 {v['recall@1']:.3f} R@5 {v['recall@5']:.3f} "
-                                                          f"R@10 {v['recall@10']:.3f}" for k, v in d.items()), flush=True)
+                  f"{run.train.best_epoch}; {scores}", flush=True)
     ref = ridge_reference(run)
     print("\n| model | direction | queries | R@1 | R@5 | R@10 | median rank | mAP |\n|---|---|---|---|---|---|---|---|")
     for direction in ("text->image", "image->text"):
         for variant, rows in results.items():
             vals = {k: np.array([r[direction][k] for r in rows]) for k in ("recall@1", "recall@5", "recall@10",
                                                                           "median_rank", "mAP")}
-            cell = lambda k: f"{vals[k].mean():.3f} ± {vals[k].std():.3f}" if len(rows) > 1 else f"{vals[k][0]:.3f}"  # noqa
+            def cell(k):
+                return f"{vals[k].mean():.3f} ± {vals[k].std():.3f}" if len(rows) > 1 else f"{vals[k][0]:.3f}"
             print(f"| crossfuse {variant} ({len(rows)} seeds) | {direction} | {rows[0][direction]['queries']} | "
                   f"{cell('recall@1')} | {cell('recall@5')} | {cell('recall@10')} | {vals['median_rank'].mean():.1f} "
                   f"| {cell('mAP')} |")

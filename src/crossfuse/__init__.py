@@ -18,5 +18,5 @@ def __getattr__(name):  # the estimators pull in the whole engine; import them o
     raise AttributeError(f"module 'crossfuse' has no attribute {name!r}")
 
 
-__all__ = ["Config", "ENCODERS", "FUSIONS", "FusionClassifier", "FusionRegressor", "Predictor", "Retriever", "load_config",
-           "train", "train_retrieval", "__version__"]
+__all__ = ["__version__", "Config", "ENCODERS", "FusionClassifier", "FusionRegressor", "FUSIONS", "load_config",
+           "Predictor", "Retriever", "train", "train_retrieval"]

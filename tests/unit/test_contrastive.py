@@ -67,7 +67,8 @@ def test_pair_loss_skips_rows_without_both_modalities():
 def test_learnable_temperature_gets_gradient_and_is_clamped():
     from crossfuse.encoders import ENCODERS
 
-    enc = {"tab": ENCODERS.build("mlp", n_numeric=3, hidden=[4]), "tab2": ENCODERS.build("mlp", n_numeric=2, hidden=[4])}
+    enc = {"tab": ENCODERS.build("mlp", n_numeric=3, hidden=[4]),
+           "tab2": ENCODERS.build("mlp", n_numeric=2, hidden=[4])}
     model = RetrievalModel(enc, embed_dim=4, temperature=0.07)
     assert model.scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():

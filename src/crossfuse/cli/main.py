@@ -142,9 +142,9 @@ def cmd_evaluate(args) -> int:
 
         retriever = Retriever.load(args.model)
         df, base_dir, file = load_table(_manifest_config(args.manifest))
-        retriever.evaluate_frame(df, base_dir, file, group_column=args.group_column, out_dir=out, batch_size=args.batch_size,
-                                 num_workers=args.num_workers, on_bad_item=args.on_bad_item, progress=True,
-                                 extra={"model": str(args.model), "manifest": str(args.manifest)})
+        retriever.evaluate_frame(df, base_dir, file, group_column=args.group_column, out_dir=out,
+                                 batch_size=args.batch_size, num_workers=args.num_workers,
+                                 on_bad_item=args.on_bad_item, progress=True, extra={"model": str(args.model), "manifest": str(args.manifest)})
         print((out / "summary.md").read_text())
         print(f"report: {out}")
         return 0
@@ -201,7 +201,8 @@ def cmd_search(args) -> int:
             print(f"query: {q}")
             for h in hs:
                 extra = "  ".join(f"{k}={v}" for k, v in h.items() if k not in ("rank", "score", "value", "row"))
-                print(f"  {h['rank']:>3}. {h['score']:.4f}  {h['value']}  (row {h['row']}{'  ' + extra if extra else ''})")
+                where = f"row {h['row']}" + (f"  {extra}" if extra else "")
+                print(f"  {h['rank']:>3}. {h['score']:.4f}  {h['value']}  ({where})")
     if args.grid:
         print(f"grid: {args.grid}")
     return 0
@@ -294,8 +295,9 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "validate": cmd_validate,
-            "list": cmd_list, "cache": cmd_cache, "compare": cmd_compare, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "index": cmd_index,
+            "search": cmd_search, "validate": cmd_validate, "list": cmd_list, "cache": cmd_cache,
+            "compare": cmd_compare, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

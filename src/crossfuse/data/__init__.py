@@ -6,6 +6,6 @@ from crossfuse.data.processors import PROCESSORS, Processor, processor_from_stat
 from crossfuse.data.split import split_frame
 from crossfuse.data.validate import apply_policy, check_columns, find_problems, label_str, missing_cells
 
-__all__ = ["Collator", "ManifestDataset", "PROCESSORS", "Processor", "apply_policy", "check_columns",
-           "find_problems", "infer_modalities", "is_flickr_dir", "read_flickr", "label_str", "missing_cells", "processor_from_state", "read_manifest",
-           "split_frame"]
+__all__ = ["apply_policy", "check_columns", "Collator", "find_problems", "infer_modalities", "is_flickr_dir",
+           "label_str", "ManifestDataset", "missing_cells", "Processor", "processor_from_state", "PROCESSORS",
+           "read_flickr", "read_manifest", "split_frame"]

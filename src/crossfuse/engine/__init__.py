@@ -5,5 +5,5 @@ from crossfuse.engine.retrieval import RetrievalRun, Retriever, index_manifest, 
 from crossfuse.engine.task import TaskSpec
 from crossfuse.engine.trainer import Trainer
 
-__all__ = ["Predictor", "RetrievalRun", "Retriever", "RunResult", "index_manifest", "search_index", "train_retrieval", "TaskSpec", "Trainer", "read_and_evaluate", "read_and_predict",
-           "resolve_config", "train"]
+__all__ = ["index_manifest", "Predictor", "read_and_evaluate", "read_and_predict", "resolve_config", "RetrievalRun",
+           "Retriever", "RunResult", "search_index", "TaskSpec", "train", "train_retrieval", "Trainer"]

@@ -3,5 +3,5 @@ from crossfuse.metrics.classification import classification_metrics, regression_
 from crossfuse.metrics.retrieval import retrieval_metrics
 from crossfuse.metrics.plots import plot_confusion_matrix, plot_robustness, plot_search_results, plot_training_curves
 
-__all__ = ["classification_metrics", "regression_metrics", "plot_confusion_matrix", "plot_robustness", "plot_search_results", "retrieval_metrics",
-           "plot_training_curves"]
+__all__ = ["classification_metrics", "plot_confusion_matrix", "plot_robustness", "plot_search_results",
+           "plot_training_curves", "regression_metrics", "retrieval_metrics"]

@@ -4,5 +4,5 @@ from crossfuse.models.factory import (build_encoders, build_model, build_retriev
 from crossfuse.models.fusion_model import FusionModel, load_model, save_model
 from crossfuse.models.retrieval_model import RetrievalModel, RetrievalOutput, pair_loss
 
-__all__ = ["build_encoders", "build_retrieval_model", "FusionModel", "RetrievalModel", "RetrievalOutput", "pair_loss", "build_model", "component_problems", "load_model", "make_processors",
-           "param_counts", "save_model"]
+__all__ = ["build_encoders", "build_model", "build_retrieval_model", "component_problems", "FusionModel", "load_model",
+           "make_processors", "pair_loss", "param_counts", "RetrievalModel", "RetrievalOutput", "save_model"]

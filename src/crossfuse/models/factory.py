@@ -138,4 +138,5 @@ def param_counts(model: torch.nn.Module) -> Tuple[int, int]:
     return total, trainable
 
 
-__all__ = ["ConfigError", "build_encoders", "build_model", "build_retrieval_model", "component_problems", "make_processors", "param_counts"]
+__all__ = ["build_encoders", "build_model", "build_retrieval_model", "component_problems", "ConfigError",
+           "make_processors", "param_counts"]

@@ -120,7 +120,8 @@ class RetrievalModel(nn.Module):
     # --- self-description -----------------------------------------------------------------
     def architecture(self) -> Dict[str, Any]:
         return {"kind": "retrieval",
-                "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()} for m, e in self.encoders.items()},
+                "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()}
+                             for m, e in self.encoders.items()},
                 "retrieval": self._init_kwargs}
 
     @classmethod
