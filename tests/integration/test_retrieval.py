@@ -251,3 +251,17 @@ def test_without_faiss_every_index_is_exact_numpy(trained, tmp_path, monkeypatch
     assert (meta["backend"], meta["kind"]) == ("numpy", "exact") and (tmp_path / "i" / "vectors.npy").is_file()
     assert "FAISS is not installed" in capsys.readouterr().err  # a warning, even with -q
     assert main(["-q", "search", str(tmp_path / "i"), "red above blue", "--top", "2"]) == 0
+
+
+def test_search_without_an_index_argument_uses_the_default_one(trained, tmp_path, monkeypatch, capsys):
+    root, manifest, run = trained
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "search", "red above blue"]) == 2
+    assert "no index given and none at runs/latest/index" in capsys.readouterr().err
+    assert main(["-q", "index", str(run / "model"), str(manifest), "--out", "runs/latest/index"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "search", "red above blue", "--top", "2", "--json"]) == 0  # as in the README
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["query"] == "red above blue" and len(out[0]["results"]) == 2
+    assert main(["-q", "search", "runs/latest/index"]) == 2
+    assert "at least one query" in capsys.readouterr().err

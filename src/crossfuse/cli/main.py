@@ -11,6 +11,7 @@ from typing import List, Optional
 from crossfuse.errors import CrossfuseError
 
 log = logging.getLogger("crossfuse")
+DEFAULT_INDEX = Path("runs/latest/index")  # `crossfuse index runs/latest/model ...` writes it (output_dir default)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,9 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--batch-size", type=int, default=64)
     ix.add_argument("--num-workers", type=int, default=0)
 
-    se = sub.add_parser("search", help="search an index with text, or with an image/audio file")
-    se.add_argument("index", type=Path, help="index directory made by `crossfuse index`")
-    se.add_argument("queries", nargs="+", help="sentences or file paths (a file that exists is used as a file)")
+    se = sub.add_parser("search", help="search an index with text, or with an image/audio file",
+                        usage="crossfuse search [INDEX] QUERY [QUERY ...] [options]")
+    se.add_argument("queries", nargs="+", metavar="[INDEX] QUERY",
+                    help=f"an index directory made by `crossfuse index` (default: {DEFAULT_INDEX}), then "
+                    "sentences or file paths (a file that exists is used as a file)")
     se.add_argument("--top", type=int, default=10)
     se.add_argument("--modality", help="the queries' modality (default: from the query)")
     se.add_argument("--model", type=Path, help="model directory (default: the one the index was built with)")
@@ -193,7 +196,18 @@ def cmd_index(args) -> int:
 def cmd_search(args) -> int:
     from crossfuse.engine import search_index
 
-    hits = search_index(args.index, args.queries, args.top, args.modality, args.model, args.grid)
+    first = Path(args.queries[0])
+    if (first / "index.json").is_file():
+        index, queries = first, args.queries[1:]
+    else:  # no index given: the one `crossfuse index` writes beside the default output_dir's model
+        index, queries = DEFAULT_INDEX, args.queries
+        if not (index / "index.json").is_file():
+            raise CrossfuseError(f"no index given and none at {index}: pass the directory `crossfuse index` wrote "
+                                 "as the first argument")
+    if not queries:
+        raise CrossfuseError("give at least one query after the index directory")
+    args.queries = queries
+    hits = search_index(index, queries, args.top, args.modality, args.model, args.grid)
     if args.json:
         print(json.dumps([{"query": q, "results": h} for q, h in zip(args.queries, hits)], indent=2))
     else:
