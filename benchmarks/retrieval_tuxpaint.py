@@ -45,8 +45,8 @@ def ridge_reference(run) -> dict:
     def feats(frame, m):
         from crossfuse.engine.extract import cache_modalities
 
-        cached = cache_modalities(retriever.model, retriever.processors, frame, base_dir, retriever.cache_root,
-                                  only=[m], progress=False)[m]
+        cached = cache_modalities(retriever.model, {m: retriever.processors[m]}, frame, base_dir,
+                                  retriever.cache_root, progress=False)[m]
         return np.stack([cached.store.get(cached.keys[int(r)]) for r in frame.index])
 
     ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(feats(train, "image"), feats(train, "text"))

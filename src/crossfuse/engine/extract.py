@@ -12,7 +12,7 @@ import json
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -96,21 +96,19 @@ class CachedModality:
 @torch.inference_mode()
 def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path,
                      root: Path, batch_size: int = 64, num_workers: int = 0, device: Optional[torch.device] = None,
-                     missing=(), progress: bool = True, device_decode: Optional[bool] = None,
-                     only: Optional[Sequence[str]] = None) -> Dict[str, CachedModality]:
+                     missing=(), progress: bool = True, device_decode: Optional[bool] = None
+                     ) -> Dict[str, CachedModality]:
     """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins.
 
+    Modalities of the model that ``processors`` leaves out are left out here too.
     ``device_decode``: decode JPEG images on ``device`` (nvjpeg on a GPU) instead of with PIL in
     the workers; None turns it on for a CUDA device when every image of a modality is a JPEG.
-    ``only``: these modalities (default: all the model has).
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out: Dict[str, CachedModality] = {}
     for m, enc in model.encoders.items():
-        if only is not None and m not in only:
-            continue
-        proc = processors[m]
-        if not is_frozen(enc) or not hasattr(proc, "content_key"):
+        proc = processors.get(m)
+        if proc is None or not is_frozen(enc) or not hasattr(proc, "content_key"):
             continue
         if proc.augments:
             log.info("Modality %s: frozen encoder but train-time augmentation; not cached", m)
@@ -135,6 +133,16 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
             extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
         out[m] = CachedModality(root, namespace, keys, enc.output_dim, proc.columns)
     return out
+
+
+def with_cache(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path, root: Optional[Path],
+               **kwargs: Any) -> Dict[str, Any]:
+    """What a dataset reads per modality: ``processors``, each cacheable one replaced by its cached
+    stand-in (``cache_modalities``, same keyword arguments); unchanged when ``root`` is None."""
+    sources: Dict[str, Any] = dict(processors)
+    if root is not None:
+        sources.update(cache_modalities(model, processors, df, base_dir, root, **kwargs))
+    return sources
 
 
 def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size, num_workers, device, progress):

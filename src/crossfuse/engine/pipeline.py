@@ -16,7 +16,7 @@ from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
                             infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest, split_frame)
-from crossfuse.engine.extract import cache_modalities, cache_root
+from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
@@ -98,10 +98,8 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
              f"{total:,}", f"{trainable:,}")
 
     root = cache_root(cfg.cache)
-    sources = dict(processors)  # what the datasets read: processors, or cached vectors for frozen encoders
-    if root is not None:
-        sources.update(cache_modalities(model, processors, df, base_dir, root, cfg.cache.batch_size,
-                                        cfg.train.num_workers, missing=missing, progress=cfg.train.progress))
+    sources = with_cache(model, processors, df, base_dir, root, batch_size=cfg.cache.batch_size,
+                         num_workers=cfg.train.num_workers, missing=missing, progress=cfg.train.progress)
     collate = Collator(sources, regression=task.kind == "regression")
     train_y = task.encode(splits["train"][target])
 
@@ -121,7 +119,7 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     meta = {"crossfuse_version": crossfuse.__version__, "task": task.to_dict(), "target": target,
             "id_column": cfg.data.id_column, "config": cfg.to_dict()}
     predictor = Predictor(model, processors, task, meta, cache_root=root)
-    eval_part = "test" if len(splits["test"]) else "val" if len(splits["val"]) else "train"
+    eval_part = evaluation_part(splits)
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "fusion": cfg.fusion.name, "modalities": ", ".join(cfg.modalities),
              "best_epoch": result.best_epoch, "epochs_run": len(result.history), "monitor": monitor,
@@ -133,10 +131,20 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
         out_dir=out_dir if (out_dir is not None and is_main) else None, history=result.history, monitor=monitor,
         title=f"crossfuse: {cfg.fusion.name} fusion of {', '.join(cfg.modalities)}", extra=extra)
     if out_dir is not None and is_main:
-        predictor.save(out_dir / "model")
-        save_yaml(cfg, out_dir / "config.yaml")
-        log.info("Saved model to %s", out_dir / "model")
+        save_run(out_dir, predictor, cfg)
     return RunResult(predictor, metrics, result, out_dir, sizes)
+
+
+def evaluation_part(splits: Dict[str, pd.DataFrame]) -> str:
+    """The split a finished run is scored on: test, else val, else train."""
+    return "test" if len(splits["test"]) else "val" if len(splits["val"]) else "train"
+
+
+def save_run(out_dir: Path, predictor: Any, cfg: Config) -> None:
+    """The trained model (``predictor.save``) and the resolved config, into a run directory."""
+    predictor.save(out_dir / "model")
+    save_yaml(cfg, out_dir / "config.yaml")
+    log.info("Saved model to %s", out_dir / "model")
 
 
 def _balancing(cfg: Config, task: TaskSpec, train_y: np.ndarray):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, missing_cells
-from crossfuse.engine.extract import cache_modalities, cache_root
+from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.inference import collect_outputs, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
@@ -67,10 +67,9 @@ class Predictor:
     def loader(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
                batch_size: int = 64, num_workers: int = 0, use_cache: bool = True) -> DataLoader:
         targets = self.task.encode(df[self.target]) if with_target else None
-        sources = dict(self.processors)
-        if use_cache and self.cache_root is not None:
-            sources.update(cache_modalities(self.model, self.processors, df, base_dir, self.cache_root, batch_size,
-                                            num_workers, device=self.device, missing=missing, progress=False))
+        sources = with_cache(self.model, self.processors, df, base_dir, self.cache_root if use_cache else None,
+                             batch_size=batch_size, num_workers=num_workers, device=self.device, missing=missing,
+                             progress=False)
         ds = ManifestDataset(df, sources, base_dir, targets, train=False, missing=missing)
         return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           collate_fn=Collator(sources, regression=self.task.kind == "regression"))

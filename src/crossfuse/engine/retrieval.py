@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 
 import crossfuse
-from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems, infer_modalities,
                             missing_cells, read_manifest, split_frame)
 from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
-from crossfuse.engine.extract import cache_modalities, cache_root
-from crossfuse.engine.pipeline import RunResult, load_table, validate_data
+from crossfuse.data.processors.image import open_image
+from crossfuse.engine.extract import cache_root, with_cache
+from crossfuse.engine.pipeline import RunResult, evaluation_part, load_table, save_run, validate_data
 from crossfuse.engine.trainer import Trainer, seed_all
 from crossfuse.errors import ConfigError, CrossfuseError, DataError
 from crossfuse.index import VectorIndex
@@ -70,6 +70,26 @@ def direction_metrics(embeddings: Mapping[str, Tuple[np.ndarray, np.ndarray]], g
             out[f"{q}->{g}"] = {**retrieval_metrics(qv[qi], gv[gi], groups[qi], groups[gi], chunk=chunk),
                                 "gallery": int(len(gi))}
     return out
+
+
+def collect_embeddings(model, loader: DataLoader, device, modalities: Sequence[str],
+                       each: Optional[Callable[[Any, Any], None]] = None, progress: bool = False
+                       ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """{modality: (embeddings (n, d), present (n,))} over every batch of ``loader``, run through
+    ``model``'s forward; ``each(output, batch)`` also sees every batch (e.g. for a loss)."""
+    from tqdm.auto import tqdm
+
+    vecs: Dict[str, List[np.ndarray]] = {m: [] for m in modalities}
+    masks: Dict[str, List[np.ndarray]] = {m: [] for m in modalities}
+    for batch in tqdm(loader, desc="embed", disable=None if progress else True, leave=False):
+        batch = batch.to(device)
+        out = model(batch)
+        if each is not None:
+            each(out, batch)
+        for m in modalities:
+            vecs[m].append(out.embeddings[m].float().cpu().numpy())
+            masks[m].append(out.mask[m].cpu().numpy())
+    return {m: (np.concatenate(vecs[m]), np.concatenate(masks[m]).astype(bool)) for m in modalities}
 
 
 def recall_mean(metrics: Dict[str, Dict[str, float]], pair: Sequence[str]) -> float:
@@ -120,24 +140,13 @@ class Retriever:
         mods = list(modalities or self.modalities)
         for m in mods:
             self._check_modality(m)
-        sources = {m: self.processors[m] for m in mods}
-        if self.cache_root is not None:
-            sources.update(cache_modalities(self.model, self.processors, df, base_dir, self.cache_root, batch_size,
-                                            num_workers, device=self.device, missing=missing, progress=progress,
-                                            only=mods))
+        sources = with_cache(self.model, {m: self.processors[m] for m in mods}, df, base_dir, self.cache_root,
+                             batch_size=batch_size, num_workers=num_workers, device=self.device, missing=missing,
+                             progress=progress)
         loader = DataLoader(ManifestDataset(df, sources, base_dir, train=False, missing=missing), batch_size=batch_size,
                             num_workers=num_workers, collate_fn=Collator(sources))
         self.model.to(self.device).eval()
-        from tqdm.auto import tqdm
-
-        vecs: Dict[str, List[np.ndarray]] = {m: [] for m in mods}
-        masks: Dict[str, List[np.ndarray]] = {m: [] for m in mods}
-        for batch in tqdm(loader, desc="embed", disable=None if progress else True, leave=False):
-            batch = batch.to(self.device)
-            for m in mods:
-                vecs[m].append(self.model.embed(m, batch.inputs[m]).cpu().numpy())
-                masks[m].append(batch.mask[m].cpu().numpy())
-        return {m: (np.concatenate(vecs[m]), np.concatenate(masks[m]).astype(bool)) for m in mods}
+        return collect_embeddings(self.model, loader, self.device, mods, progress=progress)
 
     def embed_queries(self, queries: Sequence[str], modality: Optional[str] = None,
                       base_dir: Path = Path(".")) -> Tuple[np.ndarray, str]:
@@ -245,7 +254,8 @@ class Retriever:
             queries.append({"kind": kinds[q_mod], "value": value(q_mod, r),
                             "results": [{"kind": kinds[g_mod], "value": value(g_mod, gi[j]), "score": float(scores[j]),
                                          "relevant": bool(groups[gi[j]] == groups[r])} for j in best]})
-        plot_search_results(queries, path, f"{q_mod} -> {g_mod}: top {top} (green: the query's pair)")
+        plot_search_results(queries, path, f"{q_mod} -> {g_mod}: top {top} (green: the query's pair)",
+                            open_image=open_image)
 
 
 def query_modality(query: str, kinds: Mapping[str, str]) -> str:
@@ -265,9 +275,11 @@ def query_modality(query: str, kinds: Mapping[str, str]) -> str:
 
 
 def _display_value(value: Any, base_dir: Path) -> str:
-    s = str(value)
-    p = Path(s)
-    return str(p if p.is_absolute() else base_dir / p) if (base_dir / p).exists() or p.is_absolute() else s
+    """A path made absolute when it names a file relative to the manifest; text as it is."""
+    p = Path(str(value))
+    if p.is_absolute():
+        return str(p)
+    return str(base_dir / p) if (base_dir / p).exists() else str(value)
 
 
 def _jsonable(v: Any) -> Any:
@@ -356,15 +368,13 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
              r.embed_dim, f"{total:,}", f"{trainable:,}")
 
     root = cache_root(cfg.cache)
-    sources = dict(processors)
-    if root is not None:
-        sources.update(cache_modalities(model, processors, df, base_dir, root, cfg.cache.batch_size,
-                                        cfg.train.num_workers, missing=missing, progress=cfg.train.progress))
+    sources = with_cache(model, processors, df, base_dir, root, batch_size=cfg.cache.batch_size,
+                         num_workers=cfg.train.num_workers, missing=missing, progress=cfg.train.progress)
     collate = Collator(sources)
 
-    def dataset(part: str, is_train: bool) -> ManifestDataset:
-        return ManifestDataset(splits[part], sources, base_dir, groups.loc[splits[part].index].to_numpy(),
-                               train=is_train, missing=missing)
+    def dataset(rows: pd.DataFrame, is_train: bool) -> ManifestDataset:
+        return ManifestDataset(rows, sources, base_dir, groups.loc[rows.index].to_numpy(), train=is_train,
+                               missing=missing)
 
     order = list(cfg.modalities)
     pair = list(r.monitor_pair or order[:2])
@@ -375,21 +385,16 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
 
     @torch.no_grad()
     def evaluate(m, loader):
-        was = m.training
-        m.eval()
-        vecs: Dict[str, list] = {k: [] for k in order}
-        masks: Dict[str, list] = {k: [] for k in order}
         targets, losses = [], []
-        for batch in loader:
-            batch = batch.to(trainer.fabric.device)
-            out = m(batch)
+
+        def loss_and_groups(out, batch):
             losses.append(float(pair_loss(out, batch.target, r.loss)) * len(batch))
             targets.append(batch.target.cpu().numpy())
-            for k in order:
-                vecs[k].append(out.embeddings[k].float().cpu().numpy())
-                masks[k].append(batch.mask[k].cpu().numpy())
+
+        was = m.training
+        m.eval()
+        emb = collect_embeddings(m, loader, trainer.fabric.device, order, each=loss_and_groups)
         m.train(was)
-        emb = {k: (np.concatenate(vecs[k]), np.concatenate(masks[k]).astype(bool)) for k in order}
         g = np.concatenate(targets)
         per = direction_metrics(emb, g, [tuple(pair)])
         flat = {f"{d}_R@{k}": v[f"recall@{k}"] for d, v in per.items() for k in (1, 5, 10)}
@@ -400,8 +405,8 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
                       checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
                       callbacks=callbacks, step_loss=step_loss, evaluate=evaluate)
     has_val = len(splits["val"]) > 0
-    result = trainer.fit(model, dataset("train", True), dataset("val", False) if has_val else None, collate,
-                         resume=resume)
+    result = trainer.fit(model, dataset(splits["train"], True), dataset(splits["val"], False) if has_val else None,
+                         collate, resume=resume)
     refit_epochs = None
     if cfg.train.refit and has_val and result.best_epoch:
         # a fresh model on train + val for the epoch count early stopping chose
@@ -413,8 +418,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
         model = build_retrieval_model(cfg, processors, both, base_dir)
         refit_cfg = dataclasses.replace(cfg.train, epochs=refit_epochs)
         refitter = Trainer(refit_cfg, None, None, monitor, monitor != "loss", callbacks=callbacks, step_loss=step_loss)
-        refitter.fit(model, ManifestDataset(both, sources, base_dir, groups.loc[both.index].to_numpy(), train=True,
-                                            missing=missing), None, collate)
+        refitter.fit(model, dataset(both, True), None, collate)
     model.to("cpu").eval()
     temperature = float(1 / model.scale.detach())
     log.info("Learned temperature: %.4f", temperature)
@@ -423,7 +427,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
             "id_column": cfg.data.id_column, "group_column": r.group_column, "monitor_pair": pair,
             "config": cfg.to_dict()}
     retriever = Retriever(model, processors, meta, cache_root=root)
-    eval_part = "test" if len(splits["test"]) else "val" if has_val else "train"
+    eval_part = evaluation_part(splits)
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "modalities": ", ".join(order), "loss": r.loss,
              "temperature": round(temperature, 4), "best_epoch": result.best_epoch,
@@ -436,9 +440,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
                                        batch_size=cfg.cache.batch_size, history=result.history, extra=extra,
                                        known_missing=missing, check_files=False)
     if out_dir is not None and is_main:
-        retriever.save(out_dir / "model")
-        save_yaml(cfg, out_dir / "config.yaml")
-        log.info("Saved model to %s", out_dir / "model")
+        save_run(out_dir, retriever, cfg)
     return RetrievalRun(retriever, metrics, result, out_dir, sizes)
 
 
@@ -492,5 +494,5 @@ def search_index(index_dir: Path, queries: Sequence[str], top: int = 10, modalit
         g_kind = kinds.get(index.meta.get("modality"), "text")
         plot_search_results([{"kind": kinds[modality], "value": q, "results": [{"kind": g_kind, "value": h["value"],
                                                                                "score": h["score"]} for h in hs]}
-                             for q, hs in zip(queries, hits)], grid)
+                             for q, hs in zip(queries, hits)], grid, open_image=open_image)
     return hits

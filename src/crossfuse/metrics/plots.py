@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -80,7 +80,15 @@ def plot_robustness(curves: Dict[str, List[tuple]], baseline: float, path: str |
     plt.close(fig)
 
 
-def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = None) -> None:
+def _open_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = None,
+               open_image: Optional[Callable] = None) -> None:
     """One cell of a results grid: an image thumbnail, or wrapped text (audio: its file name)."""
     import textwrap
 
@@ -88,13 +96,9 @@ def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = N
     ax.set_yticks([])
     if kind == "image":
         try:
-            from PIL import Image
-
-            with Image.open(value) as im:
-                im.thumbnail((256, 256))
-                rgba = im.convert("RGBA")  # transparent stamps and icons: shown on white, as models see them
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                ax.imshow(np.asarray(Image.alpha_composite(white, rgba).convert("RGB")))
+            im = (open_image or _open_rgb)(value)
+            im.thumbnail((256, 256))
+            ax.imshow(np.asarray(im))
         except (OSError, ValueError):
             ax.text(0.5, 0.5, "(unreadable)", ha="center", va="center", fontsize=8)
     else:
@@ -108,23 +112,27 @@ def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = N
             spine.set_linewidth(3)
 
 
-def plot_search_results(queries: Sequence[Dict], path: str | Path, title: str = "") -> None:
+def plot_search_results(queries: Sequence[Dict], path: str | Path, title: str = "",
+                        open_image: Optional[Callable] = None) -> None:
     """A grid: one row per query (first column) followed by its top results, best first.
 
     Each query is ``{"kind", "value", "results": [{"kind", "value", "score", "relevant"?}, ...]}``;
-    results marked relevant get a green frame, others red (no frame when unknown).
+    results marked relevant get a green frame, others red (no frame when unknown). ``open_image``
+    turns an image path into an RGB PIL image (default: PIL's own conversion); pass the image
+    processor's reader to show images as the model saw them.
     """
     plt = _plt()
     cols = 1 + max((len(q["results"]) for q in queries), default=0)
     fig, axes = plt.subplots(len(queries), cols, figsize=(1.9 * cols, 2.1 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
-        _draw_item(axes[r][0], q["kind"], q["value"], "query")
+        _draw_item(axes[r][0], q["kind"], q["value"], "query", open_image=open_image)
         axes[r][0].set_facecolor("#eef3fb")
         for c in range(1, cols):
             ax = axes[r][c]
             if c - 1 < len(q["results"]):
                 hit = q["results"][c - 1]
-                _draw_item(ax, hit["kind"], hit["value"], f"#{c}  {hit['score']:.3f}", hit.get("relevant"))
+                _draw_item(ax, hit["kind"], hit["value"], f"#{c}  {hit['score']:.3f}", hit.get("relevant"),
+                           open_image)
             else:
                 ax.axis("off")
     if title:
