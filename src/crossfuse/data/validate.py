@@ -83,6 +83,17 @@ def apply_policy(df: pd.DataFrame, problems: List[Problem], policy: str, target:
     return kept, report
 
 
+def usable_rows(df: pd.DataFrame, processors: Mapping[str, Processor], file: str, base_dir: Path, policy: str,
+                target: Optional[str] = None, task: str = "classification", labels: Optional[Sequence[str]] = None,
+                open_files: bool = True) -> Tuple[pd.DataFrame, set]:
+    """Columns, cells and files checked, then ``on_bad_item`` applied: (rows to use, bad
+    (row, modality) cells to serve as missing)."""
+    check_columns(df, processors, file, target)
+    problems = find_problems(df, processors, file, base_dir, target, task, labels=labels, open_files=open_files)
+    kept, _ = apply_policy(df, problems, policy, target)
+    return kept, missing_cells(problems, processors)
+
+
 def label_str(v) -> str:
     """Labels are compared as strings; 3.0 read back from a CSV is the label '3'."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():

@@ -23,6 +23,7 @@ from crossfuse.cache import EmbeddingStore, default_root
 from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
 from crossfuse.encoders import is_frozen
+from crossfuse.engine.inference import default_device
 from crossfuse.types import Batch, CachedFeatures
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
     ``device_decode``: decode JPEG images on ``device`` (nvjpeg on a GPU) instead of with PIL in
     the workers; None turns it on for a CUDA device when every image of a modality is a JPEG.
     """
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     out: Dict[str, CachedModality] = {}
     for m, enc in model.encoders.items():
         proc = processors.get(m)

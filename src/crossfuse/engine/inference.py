@@ -37,6 +37,11 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
             "mask": cat(masks)}
 
 
+def default_device() -> torch.device:
+    """The first GPU when there is one, else the CPU (inference and extraction outside the trainer)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)

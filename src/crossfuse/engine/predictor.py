@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, missing_cells
+from crossfuse.data import Collator, ManifestDataset, usable_rows
 from crossfuse.engine.extract import cache_root, with_cache
-from crossfuse.engine.inference import collect_outputs, softmax
+from crossfuse.engine.inference import collect_outputs, default_device, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
 from crossfuse.engine.task import TaskSpec
@@ -54,15 +54,12 @@ class Predictor:
         if on_bad_item == "missing" and absent and len(absent) < len(self.processors):
             log.warning("Modalities with no column in %s are missing for every row: %s", file, ", ".join(absent))
             df = df.assign(**{c: np.nan for m in absent for c in self.processors[m].columns})
-        check_columns(df, self.processors, file, target)
-        problems = find_problems(df, self.processors, file, base_dir, target, self.task.kind,
-                                 labels=self.task.labels, open_files=open_files)
-        kept, _ = apply_policy(df, problems, on_bad_item, target)
-        return kept, missing_cells(problems, self.processors)
+        return usable_rows(df, self.processors, file, base_dir, on_bad_item, target, self.task.kind,
+                           labels=self.task.labels, open_files=open_files)
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
 
     def loader(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
                batch_size: int = 64, num_workers: int = 0, use_cache: bool = True) -> DataLoader:

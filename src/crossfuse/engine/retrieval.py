@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader
 import crossfuse
 from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems, infer_modalities,
-                            missing_cells, read_manifest, split_frame)
+                            missing_cells, read_manifest, split_frame, usable_rows)
 from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.pipeline import RunResult, evaluation_part, load_table, save_run, validate_data
+from crossfuse.engine.inference import default_device
 from crossfuse.engine.trainer import Trainer, seed_all
 from crossfuse.errors import ConfigError, CrossfuseError, DataError
 from crossfuse.index import VectorIndex
@@ -126,7 +127,7 @@ class Retriever:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.processors:
@@ -216,10 +217,9 @@ class Retriever:
         With ``on_bad_item="missing"`` a row with an empty or bad cell still counts in the
         directions between its other modalities."""
         group_column = group_column or self.meta.get("group_column")
-        check_columns(df, self.processors, file, None)
-        problems = find_problems(df, self.processors, file, base_dir, None, "retrieval", open_files=check_files)
-        kept, _ = apply_policy(df, problems, on_bad_item, None)
-        missing = set(missing_cells(problems, self.processors)) | set(known_missing)
+        kept, missing = usable_rows(df, self.processors, file, base_dir, on_bad_item, task="retrieval",
+                                    open_files=check_files)
+        missing = missing | set(known_missing)
         groups = _group_codes(kept, group_column)
         emb = self.embed_frame(kept, base_dir, missing=missing, batch_size=batch_size, num_workers=num_workers,
                                progress=progress)
