@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from crossfuse.cache import EmbeddingStore, default_root
 from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
+from crossfuse.data.processors.base import stack_present
 from crossfuse.encoders import is_frozen
 from crossfuse.engine.inference import default_device
 from crossfuse.types import Batch, CachedFeatures
@@ -86,9 +87,8 @@ class CachedModality:
         return None if vec is None else torch.from_numpy(vec)
 
     def collate(self, items):
-        mask = torch.tensor([x is not None for x in items])
-        fill = torch.zeros(self.dim)
-        return CachedFeatures(torch.stack([fill if x is None else x for x in items])), mask
+        values, mask = stack_present(items, (self.dim,))
+        return CachedFeatures(values), mask
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_store"} | {"_store": None}

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path
+from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path, stack_present
 
 SILENCE_PEAK = 1e-4  # below this (about -80 dBFS) a clip carries no signal
 
@@ -134,6 +134,4 @@ class AudioProcessor(FileProcessor):
         return inputs + noise * (power / 10 ** (strength / 10)).sqrt()
 
     def collate(self, items: List[Optional[torch.Tensor]]):
-        mask = torch.tensor([x is not None for x in items])
-        fill = torch.zeros(self.n_samples)
-        return torch.stack([fill if x is None else x for x in items]), mask
+        return stack_present(items, (self.n_samples,))

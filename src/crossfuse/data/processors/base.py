@@ -72,6 +72,13 @@ class Processor:
         return cls(state["columns"], **state["params"])
 
 
+def stack_present(items: List[Optional[torch.Tensor]], shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-item tensors of ``shape``, zeros standing in for missing items; and the presence mask."""
+    mask = torch.tensor([x is not None for x in items])
+    fill = torch.zeros(*shape)
+    return torch.stack([fill if x is None else x for x in items]), mask
+
+
 def file_digest(value: Any, base_dir: Path) -> Optional[str]:
     """sha256 of a file's bytes (None for a blank cell or a file that is not there)."""
     import hashlib

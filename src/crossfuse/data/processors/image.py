@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from PIL import Image
 
-from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path
+from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path, stack_present
 
 
 def open_image(path: Path) -> Image.Image:
@@ -79,9 +79,7 @@ class ImageProcessor(FileProcessor):
 
     def collate(self, items: List[Optional[torch.Tensor]]):
         size = self.params["size"]
-        mask = torch.tensor([x is not None for x in items])
-        fill = torch.zeros(3, size, size)
-        return torch.stack([fill if x is None else x for x in items]), mask
+        return stack_present(items, (3, size, size))
 
     def corrupt(self, inputs: torch.Tensor, name: str, strength: float, generator: torch.Generator) -> torch.Tensor:
         """noise: Gaussian noise of std ``strength`` in normalised units; occlusion: a random square
