@@ -125,8 +125,10 @@ def test_fixed_weights_follow_config():
 
 
 def test_bad_fusion_parameters_name_the_parameter():
-    with pytest.raises(ConfigError, match="'dim' parameter of AttentionFusion must be an int >= 1. Got 0"):
+    with pytest.raises(ConfigError, match=r"'dim' parameter of attention must be an int in \[1, 8192\]. Got 0"):
         FUSIONS.build("attention", input_dims=DIMS, dim=0)
+    with pytest.raises(ConfigError, match=r"'heads' parameter of transformer must be an int in \[1, 64\]. Got 2.5"):
+        FUSIONS.build("transformer", input_dims=DIMS, heads=2.5)
     with pytest.raises(ConfigError, match="weight >= 0 to each of"):
         FUSIONS.build("weighted", input_dims=DIMS, weights={"image": 1.0})
 

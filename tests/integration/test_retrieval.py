@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -48,7 +49,8 @@ def test_cli_index_and_search_text_and_image_queries(trained, capsys):
     meta = json.loads((index_dir / "index.json").read_text())
     assert meta["modality"] == "image" and meta["count"] == 60
     capsys.readouterr()
-    assert main(["-q", "search", str(index_dir), "red above blue", "--top", "3", "--json",
+    assert main(["-q", "search", "--model", str(run / "model"), str(index_dir), "red above blue", "--top", "3",
+                 "--json",
                  "--grid", str(root / "grid.png")]) == 0
     out = json.loads(capsys.readouterr().out.split("grid:")[0])
     hits = out[0]["results"]
@@ -68,7 +70,8 @@ def test_cli_index_and_search_text_and_image_queries(trained, capsys):
     assert json.loads((text_index / "index.json").read_text())["count"] == 30  # 30 distinct captions
     query = manifest.parent / df.iloc[4]["image"]
     capsys.readouterr()
-    assert main(["-q", "search", str(text_index), str(query), "--top", "5", "--json"]) == 0
+    assert main(["-q", "search", "--model", str(run / "model"), str(text_index), str(query), "--top", "5",
+                 "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert df.iloc[4]["caption"] in [h["value"] for h in hits]
 
@@ -82,8 +85,11 @@ def test_index_add_appends_and_python_api_matches_cli(trained, tmp_path):
     df.iloc[:30].assign(image=lambda d: str(manifest.parent) + "/" + d["image"]).to_csv(first, index=False)
     df.iloc[30:].assign(image=lambda d: str(manifest.parent) + "/" + d["image"]).to_csv(second, index=False)
     out = tmp_path / "idx"
-    assert main(["-q", "index", str(run / "model"), str(first), "--out", str(out)]) == 0
-    assert main(["-q", "index", str(run / "model"), str(second), "--out", str(out), "--add"]) == 0
+    # absolute paths outside the manifests' folder: read only with the explicit option
+    assert main(["-q", "index", str(run / "model"), str(first), "--out", str(out)]) == 2
+    assert main(["-q", "index", str(run / "model"), str(first), "--out", str(out), "--allow-outside-paths"]) == 0
+    assert main(["-q", "index", str(run / "model"), str(second), "--out", str(out), "--add",
+                 "--allow-outside-paths"]) == 0
     index = VectorIndex.load(out)
     assert len(index) == 60 and len(index.meta["manifests"]) == 2
 
@@ -197,7 +203,8 @@ def test_three_towers_train_every_pair_and_search_audio_by_text(tmp_path, capsys
                  "--out", str(sounds)]) == 0
     assert json.loads((sounds / "index.json").read_text())["count"] == 45  # 60 rows, 15 without sound
     capsys.readouterr()
-    assert main(["-q", "search", str(sounds), "blue above red", "--top", "3", "--json"]) == 0
+    assert main(["-q", "search", "--model", str(tmp_path / "run" / "model"), str(sounds), "blue above red",
+                 "--top", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert len(hits) == 3 and all(h["value"].endswith(".wav") for h in hits)
     wav = str(manifest.parent / "wav" / "1.wav")
@@ -205,7 +212,8 @@ def test_three_towers_train_every_pair_and_search_audio_by_text(tmp_path, capsys
     assert main(["-q", "index", str(tmp_path / "run" / "model"), str(manifest), "--modality", "text",
                  "--out", str(captions)]) == 0
     capsys.readouterr()
-    assert main(["-q", "search", str(captions), wav, "--top", "2", "--json"]) == 0  # audio -> text
+    assert main(["-q", "search", "--model", str(tmp_path / "run" / "model"), str(captions), wav, "--top", "2",
+                 "--json"]) == 0  # audio -> text
     assert len(json.loads(capsys.readouterr().out)[0]["results"]) == 2
 
 
@@ -250,7 +258,8 @@ def test_without_faiss_every_index_is_exact_numpy(trained, tmp_path, monkeypatch
     meta = json.loads((tmp_path / "i" / "index.json").read_text())
     assert (meta["backend"], meta["kind"]) == ("numpy", "exact") and (tmp_path / "i" / "vectors.npy").is_file()
     assert "FAISS is not installed" in capsys.readouterr().err  # a warning, even with -q
-    assert main(["-q", "search", str(tmp_path / "i"), "red above blue", "--top", "2"]) == 0
+    assert main(["-q", "search", "--model", str(run / "model"), str(tmp_path / "i"), "red above blue",
+                 "--top", "2"]) == 0
 
 
 def test_search_without_an_index_argument_uses_the_default_one(trained, tmp_path, monkeypatch, capsys):
@@ -258,7 +267,8 @@ def test_search_without_an_index_argument_uses_the_default_one(trained, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["-q", "search", "red above blue"]) == 2
     assert "no index given and none at runs/latest/index" in capsys.readouterr().err
-    assert main(["-q", "index", str(run / "model"), str(manifest), "--out", "runs/latest/index"]) == 0
+    shutil.copytree(run / "model", "runs/latest/model")  # where `crossfuse train` puts it by default
+    assert main(["-q", "index", "runs/latest/model", str(manifest)]) == 0  # --out defaults to runs/latest/index
     capsys.readouterr()
     assert main(["-q", "search", "red above blue", "--top", "2", "--json"]) == 0  # as in the README
     out = json.loads(capsys.readouterr().out)

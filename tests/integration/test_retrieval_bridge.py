@@ -74,7 +74,8 @@ def test_bridged_model_indexes_and_searches_in_its_wider_space(bridged, capsys):
     assert main(["-q", "index", str(run / "model"), str(manifest), "--out", str(root / "idx")]) == 0
     assert json.loads((root / "idx" / "index.json").read_text())["dim"] == 32
     capsys.readouterr()
-    assert main(["-q", "search", str(root / "idx"), "red above blue", "--top", "3", "--json"]) == 0
+    assert main(["-q", "search", "--model", str(run / "model"), str(root / "idx"), "red above blue", "--top", "3",
+                 "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["results"]) == 3
 
 

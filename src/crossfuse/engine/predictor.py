@@ -27,6 +27,9 @@ class Predictor:
                  cache_root: Optional[Path] = None):
         self.model, self.processors, self.task, self.meta = model, dict(processors), task, meta
         self.cache_root = cache_root  # set: frozen encoders' outputs are read from (and added to) the cache
+        # file paths of a manifest may leave its folder only when the caller says the manifest is
+        # trusted (data.allow_outside_paths, --allow-outside-paths); a loaded model never says so
+        self.allow_outside_paths = False
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
@@ -55,7 +58,7 @@ class Predictor:
             log.warning("Modalities with no column in %s are missing for every row: %s", file, ", ".join(absent))
             df = df.assign(**{c: np.nan for m in absent for c in self.processors[m].columns})
         return usable_rows(df, self.processors, file, base_dir, on_bad_item, target, self.task.kind,
-                           labels=self.task.labels, open_files=open_files)
+                           labels=self.task.labels, open_files=open_files, allow_outside=self.allow_outside_paths)
 
     @property
     def device(self) -> torch.device:

@@ -31,7 +31,7 @@ from crossfuse.errors import ConfigError, CrossfuseError, DataError
 from crossfuse.index import VectorIndex
 from crossfuse.metrics import plot_search_results, plot_training_curves, retrieval_metrics
 from crossfuse.models import RetrievalModel, build_retrieval_model, component_problems, load_model, pair_loss, \
-    param_counts, save_model
+    param_counts, read_json, save_model
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Retriever:
                  cache_root: Optional[Path] = None):
         self.model, self.processors, self.meta = model, dict(processors), meta
         self.cache_root = cache_root
+        self.allow_outside_paths = False  # as Predictor's: a manifest's files stay in its folder
         self.model.eval()
 
     @classmethod
@@ -156,7 +157,8 @@ class Retriever:
         self._check_modality(modality)
         proc = self.processors[modality]
         df = pd.DataFrame({c: list(queries) for c in proc.columns})
-        problems = find_problems(df, {modality: proc}, "<query>", base_dir, None, "retrieval")
+        # a query file is named by the user at the command line, not by a manifest
+        problems = find_problems(df, {modality: proc}, "<query>", base_dir, None, "retrieval", allow_outside=True)
         if problems:
             raise DataError(problems)
         vectors, present = self.embed_frame(df, base_dir, [modality])[modality]
@@ -176,12 +178,15 @@ class Retriever:
         self._check_modality(modality)
         proc = self.processors[modality]
         check_columns(df, {modality: proc}, file, None)
-        problems = find_problems(df, {modality: proc}, file, base_dir, None, "retrieval")
+        problems = find_problems(df, {modality: proc}, file, base_dir, None, "retrieval",
+                                 allow_outside=self.allow_outside_paths)
         if problems and on_bad_item == "error":
             raise DataError(problems)
         for p in problems[:20]:
             log.warning("not indexed: %s", p)
         kept, _ = apply_policy(df, problems, "skip", None)
+        if not len(kept):
+            raise DataError(problems, hint=f"none of the {len(df)} rows of {file} can be indexed")
         col = proc.columns[0]
         kept = kept.drop_duplicates(subset=proc.columns)
         vectors, present = self.embed_frame(kept, base_dir, [modality], batch_size=batch_size,
@@ -218,7 +223,7 @@ class Retriever:
         directions between its other modalities."""
         group_column = group_column or self.meta.get("group_column")
         kept, missing = usable_rows(df, self.processors, file, base_dir, on_bad_item, task="retrieval",
-                                    open_files=check_files)
+                                    open_files=check_files, allow_outside=self.allow_outside_paths)
         missing = missing | set(known_missing)
         groups = _group_codes(kept, group_column)
         emb = self.embed_frame(kept, base_dir, missing=missing, batch_size=batch_size, num_workers=num_workers,
@@ -427,6 +432,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
             "id_column": cfg.data.id_column, "group_column": r.group_column, "monitor_pair": pair,
             "config": cfg.to_dict()}
     retriever = Retriever(model, processors, meta, cache_root=root)
+    retriever.allow_outside_paths = cfg.data.allow_outside_paths
     eval_part = evaluation_part(splits)
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "modalities": ", ".join(order), "loss": r.loss,
@@ -446,9 +452,11 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
 
 # --- indexes on disk ----------------------------------------------------------------------------
 def index_manifest(model_dir: Path, manifest: Path, out: Path, modality: Optional[str] = None, kind: str = "exact",
-                   add: bool = False, batch_size: int = 64, num_workers: int = 0, **params: Any) -> VectorIndex:
+                   add: bool = False, batch_size: int = 64, num_workers: int = 0, allow_outside_paths: bool = False,
+                   **params: Any) -> VectorIndex:
     """Build (or with ``add`` extend) the index at ``out`` over a manifest's items of one modality."""
     retriever = Retriever.load(model_dir)
+    retriever.allow_outside_paths = allow_outside_paths
     if manifest.is_dir():
         from crossfuse.data import read_flickr
 
@@ -471,6 +479,19 @@ def index_manifest(model_dir: Path, manifest: Path, out: Path, modality: Optiona
     return index
 
 
+def model_beside(index_dir: Path, meta: Dict[str, Any]) -> Path:
+    """The model an index was built with, looked for only beside the index. index.json records
+    the model's directory, but a directory named by a file is never opened elsewhere: only its
+    last component is taken, under the index's own parent (runs/x/index -> runs/x/model)."""
+    recorded = str(meta.get("model") or "model")
+    name = Path(recorded).name
+    candidate = index_dir.resolve().parent / name
+    if name in ("", ".", "..") or not (candidate / "config.json").is_file():
+        raise CrossfuseError(f"the model of index {index_dir} is not beside it (looked for {candidate}); index.json "
+                             f"says it was built with {recorded}: pass --model with the model directory to use")
+    return candidate
+
+
 def _default_gallery(retriever: Retriever) -> str:
     """The first non-text modality (search text for images or audio), else the first."""
     for m in retriever.modalities:
@@ -483,10 +504,13 @@ def search_index(index_dir: Path, queries: Sequence[str], top: int = 10, modalit
                  model_dir: Optional[Path] = None, grid: Optional[Path] = None) -> List[List[Dict[str, Any]]]:
     """Search an index saved by ``index_manifest``; its model is found through index.json."""
     index = VectorIndex.load(index_dir)
-    model_dir = Path(model_dir or index.meta.get("model", ""))
+    model_dir = Path(model_dir) if model_dir is not None else model_beside(Path(index_dir), index.meta)
     if not (model_dir / "config.json").is_file():
-        raise CrossfuseError(f"the model of index {index_dir} is not at '{model_dir}'; pass --model")
-    kinds = {m: state.get("kind", "") for m, state in json.loads((model_dir / "processors.json").read_text()).items()}
+        raise CrossfuseError(f"{model_dir} is not a crossfuse model directory (no config.json)")
+    states = read_json(model_dir / "processors.json")
+    if not isinstance(states, dict):
+        raise CrossfuseError(f"{model_dir / 'processors.json'} must hold a mapping of modalities")
+    kinds = {m: state.get("kind", "") if isinstance(state, dict) else "" for m, state in states.items()}
     modality = modality or query_modality(queries[0], kinds)
     retriever = Retriever.load(model_dir, modalities=[modality])  # only the query's tower is needed
     hits = retriever.search(index, queries, top, modality)

@@ -6,7 +6,7 @@ FusionOutput. An item's missing modality must have no effect on its fused vector
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Any, ClassVar, Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -20,6 +20,10 @@ FUSIONS: Registry["Fusion"] = Registry("fusion")
 
 class Fusion(nn.Module):
     output_dim: int
+    # accepted ranges of size-like parameters, checked with the config before any work
+    param_limits: ClassVar[Dict[str, Tuple[float, float]]] = {
+        "dim": (1, 8192), "rank": (1, 1024), "heads": (1, 64), "layers": (1, 64), "tokens": (1, 256),
+        "dropout": (0.0, 0.99), "hidden": (1, 16384), "n_outputs": (1, 1_000_000)}
 
     def __init__(self, input_dims: Mapping[str, int]):
         super().__init__()

@@ -27,6 +27,7 @@ from crossfuse.errors import ConfigError, CrossfuseError
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("exact", "ivf", "hnsw")
+PARAM_LIMITS = {"nlist": 1 << 24, "nprobe": 1 << 24, "M": 512, "ef_construction": 1 << 16, "ef_search": 1 << 16}
 META_FILE, IDS_FILE, FAISS_FILE, NUMPY_FILE = "index.json", "ids.json", "vectors.faiss", "vectors.npy"
 
 
@@ -175,23 +176,74 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorIndex":
+        """Read an index directory; every value of index.json is checked before it is used, and a
+        damaged directory is a CrossfuseError naming the file."""
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise CrossfuseError(f"{path} is not a crossfuse index (no {META_FILE}); build one with `crossfuse index`")
-        meta = json.loads((path / META_FILE).read_text())
+        meta = _read_json(path / META_FILE)
+        problems = meta_problems(meta)
+        if problems:
+            raise CrossfuseError(f"{path / META_FILE} cannot be loaded:\n" + "\n".join(f"  - {p}" for p in problems))
         backend = meta["backend"]
         if backend == "faiss" and not faiss_available():
             raise CrossfuseError(f"{path} was built with FAISS ({meta['kind']}): pip install 'crossfuse[index]'")
         index = cls(meta["dim"], meta["kind"], backend=backend, **meta["params"])
-        index.ids = json.loads((path / IDS_FILE).read_text())
+        index.ids = _read_json(path / IDS_FILE)
+        if not isinstance(index.ids, list):
+            raise CrossfuseError(f"{path / IDS_FILE} must hold a list of ids")
         index.meta = meta
-        if backend == "faiss" and (path / FAISS_FILE).is_file():
-            import faiss
+        try:
+            if backend == "faiss" and (path / FAISS_FILE).is_file():
+                import faiss
 
-            index._faiss = faiss.read_index(str(path / FAISS_FILE))
-            index._apply_search_params()
-        elif (path / NUMPY_FILE).is_file():
-            index._vectors = np.load(path / NUMPY_FILE, allow_pickle=False)
+                index._faiss = faiss.read_index(str(path / FAISS_FILE))
+                if index._faiss.d != index.dim:
+                    raise CrossfuseError(f"{path / FAISS_FILE} holds {index._faiss.d}-d vectors, "
+                                         f"{META_FILE} says {index.dim}")
+                index._apply_search_params()
+            elif (path / NUMPY_FILE).is_file():
+                vectors = np.load(path / NUMPY_FILE, allow_pickle=False, mmap_mode="r")
+                if vectors.ndim != 2 or vectors.shape[1] != index.dim or vectors.dtype != np.float32:
+                    raise CrossfuseError(f"{path / NUMPY_FILE} holds {vectors.dtype} {vectors.shape}; "
+                                         f"{META_FILE} says float32 (n, {index.dim})")
+                index._vectors = np.array(vectors)
+        except CrossfuseError:
+            raise
+        except Exception as exc:  # FAISS and numpy raise their own types for damaged files
+            raise CrossfuseError(f"{path}: the stored vectors cannot be read: {exc}") from exc
         if len(index.ids) != (index._faiss.ntotal if index._faiss is not None else len(index._vectors)):
             raise CrossfuseError(f"{path}: {IDS_FILE} and the stored vectors disagree in length; rebuild the index")
         return index
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CrossfuseError(f"{path} cannot be read as JSON: {exc}") from exc
+
+
+def meta_problems(meta: Any) -> List[str]:
+    """What is wrong with an index.json's values (types and ranges), all at once."""
+    if not isinstance(meta, dict):
+        return ["must hold a mapping"]
+    problems = []
+    dim = meta.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
+        problems.append(f"'dim' must be an int in [1, 65536]; got {dim!r}")
+    if meta.get("kind") not in INDEX_KINDS:
+        problems.append(f"'kind' must be one of {', '.join(INDEX_KINDS)}; got {meta.get('kind')!r}")
+    if meta.get("backend") not in ("faiss", "numpy"):
+        problems.append(f"'backend' must be faiss or numpy; got {meta.get('backend')!r}")
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        problems.append(f"'params' must be a mapping; got {params!r}")
+    else:
+        for key, value in params.items():
+            if key not in PARAM_LIMITS:
+                problems.append(f"unknown parameter 'params.{key}'; known: {', '.join(PARAM_LIMITS)}")
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                        or not 1 <= value <= PARAM_LIMITS[key]):
+                problems.append(f"'params.{key}' must be an int in [1, {PARAM_LIMITS[key]}]; got {value!r}")
+    return problems

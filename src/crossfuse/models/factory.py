@@ -21,7 +21,12 @@ def component_problems(cfg: Config) -> List[str]:
     """Unknown encoder/fusion names, wrong parameter names, encoders of the wrong modality."""
     problems: List[str] = []
     for name, m in cfg.modalities.items():
-        if m is None or m.encoder is None:
+        if m is None:
+            continue
+        if m.kind in PROCESSORS:
+            problems += [f"modalities.{name}.processor: {p}"
+                         for p in PROCESSORS[m.kind](m.columns or [], **m.processor).limit_problems()]
+        if m.encoder is None:
             continue
         if m.encoder.name not in ENCODERS:
             problems.append(f"modalities.{name}.encoder: {ENCODERS.unknown_message(m.encoder.name)}")

@@ -13,16 +13,21 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path, stack_present
+from crossfuse.data.processors.base import FileProcessor, is_blank, limit, resolve_path, stack_present
 
 SILENCE_PEAK = 1e-4  # below this (about -80 dBFS) a clip carries no signal
+MAX_DURATION = 600.0  # seconds: the longest window a model may ask clips to be cut or padded to
 
 
-def read_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 waveform at ``sample_rate``."""
+def read_audio(path: Path, sample_rate: int, max_seconds: Optional[float] = None) -> np.ndarray:
+    """Mono float32 waveform at ``sample_rate``; with ``max_seconds`` only that much of the start
+    of the file is decoded (an hour-long clip costs what its first seconds cost)."""
     import soundfile as sf
 
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    frames = -1
+    if max_seconds is not None:
+        frames = int(np.ceil(max_seconds * sf.info(str(path)).samplerate)) + 1
+    data, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     wave = data.mean(axis=1)
     if sr != sample_rate and len(wave):
         import librosa
@@ -60,6 +65,9 @@ class AudioProcessor(FileProcessor):
     @property
     def n_samples(self) -> int:
         return int(round(self.params["sample_rate"] * self.params["duration"]))
+
+    def limit_problems(self) -> List[str]:
+        return limit(self.params, "sample_rate", 1000, 192_000) + limit(self.params, "duration", 0.01, MAX_DURATION)
 
     def configure(self, encoder: Any) -> None:
         rate = getattr(encoder, "sample_rate", None)
@@ -115,8 +123,11 @@ class AudioProcessor(FileProcessor):
         value = row[self.column]
         if is_blank(value):
             return None
+        # the window the clip is cut to (twice that with shift augmentation, to draw the start from)
+        shift = train and (self.params.get("augment") or {}).get("shift")
+        seconds = float(self.params["duration"]) * (2 if shift else 1)
         try:
-            wave = read_audio(resolve_path(value, base_dir), self.params["sample_rate"])
+            wave = read_audio(resolve_path(value, base_dir), self.params["sample_rate"], max_seconds=seconds)
         except Exception as exc:  # changed after validation: missing, not a crash mid-epoch
             warnings.warn(f"{value}: unreadable audio treated as missing ({exc})")
             return None

@@ -37,7 +37,10 @@ class Processor:
         """Constructor arguments the encoder needs from the fitted state (vocabulary sizes...)."""
         return {}
 
-    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool,
+              allow_outside: bool = False) -> List[CellProblem]:
+        """Every bad cell of this modality's columns. ``allow_outside``: file paths may point out of
+        ``base_dir`` (the manifest's folder); otherwise such a cell is bad and its file is never opened."""
         raise NotImplementedError
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[Any]:
@@ -67,9 +70,43 @@ class Processor:
     def state(self) -> Dict[str, Any]:
         return {"kind": self.kind, "columns": self.columns, "params": self.params}
 
+    def state_problems(self, encoder: Any) -> List[str]:
+        """Why this processor (read from a model directory) cannot feed ``encoder``: sizes outside
+        the processor's limits, or fitted state (vocabulary, feature counts) that disagrees with
+        what the encoder was built for."""
+        problems = self.limit_problems()
+        if getattr(encoder, "provides_tokenizer", False):
+            return problems
+        try:
+            mine = self.encoder_kwargs()
+        except Exception as exc:  # an incomplete state has nothing to compare
+            return problems + [f"incomplete processor state: {type(exc).__name__}: {exc}"]
+        built = encoder.rebuild_kwargs() if hasattr(encoder, "rebuild_kwargs") else {}
+        problems += [f"'{k}' is {mine[k]!r} in the processor but {built[k]!r} in the encoder"
+                     for k in mine if k in built and _plain(mine[k]) != _plain(built[k])]
+        return problems
+
+    def limit_problems(self) -> List[str]:
+        """Sizes in ``params`` outside what this kind of processor accepts."""
+        return []
+
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "Processor":
         return cls(state["columns"], **state["params"])
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def limit(params: Dict[str, Any], key: str, low: float, high: float) -> List[str]:
+    """A problem when ``params[key]`` (if set) is not a number in [low, high]."""
+    value = params.get(key)
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        return [f"'{key}' must be a number in [{low}, {high}]; got {value!r}"]
+    return []
 
 
 def stack_present(items: List[Optional[torch.Tensor]], shape: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -114,17 +151,23 @@ class FileProcessor(Processor):
         """Why the file at ``path`` is unusable, or None."""
         return None
 
-    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool,
+              allow_outside: bool = False) -> List[CellProblem]:
         from concurrent.futures import ThreadPoolExecutor
 
         problems: List[CellProblem] = []
         todo = []
+        root = Path(base_dir).resolve()
         for pos, value in enumerate(df[self.column].tolist()):
             if is_blank(value):
                 problems.append((pos, self.column, f"no {self.noun} path"))
                 continue
             path = resolve_path(value, base_dir)
-            if not path.is_file():
+            if not allow_outside and not path.resolve().is_relative_to(root):
+                problems.append((pos, self.column, f"{self.noun} path {value!r} leaves the manifest's folder {root}; "
+                                 "set data.allow_outside_paths: true (or --allow-outside-paths) to read files "
+                                 "elsewhere"))
+            elif not path.is_file():
                 problems.append((pos, self.column, f"{self.noun} file not found: {path}"))
             else:
                 todo.append((pos, path))

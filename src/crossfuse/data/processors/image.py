@@ -8,12 +8,22 @@ from typing import Any, Dict, List, Optional
 import torch
 from PIL import Image
 
-from crossfuse.data.processors.base import FileProcessor, is_blank, resolve_path, stack_present
+from crossfuse.data.processors.base import FileProcessor, is_blank, limit, resolve_path, stack_present
+
+MAX_SIDE = 4096  # the largest input size a model may ask images to be resized to
+# our own decompression-bomb limit, below Pillow's (which lets a 144-megapixel image through, to be
+# decoded in full every epoch); the processor parameter ``max_pixels`` changes it
+MAX_PIXELS = 64_000_000
 
 
-def open_image(path: Path) -> Image.Image:
-    """Decode fully (truncated files fail here, not mid-epoch); transparency goes onto white."""
+def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode fully (truncated files fail here, not mid-epoch); transparency goes onto white.
+    An image over ``max_pixels`` is refused from its header, before anything is decoded."""
     with Image.open(path) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ValueError(f"{w} x {h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
+                             "(processor parameter max_pixels)")
         img.load()
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -24,7 +34,8 @@ def open_image(path: Path) -> Image.Image:
 
 class ImageProcessor(FileProcessor):
     """Params: ``size`` (int), ``mean``/``std`` (3 floats), default from the encoder's data config;
-    ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees}.
+    ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees};
+    ``max_pixels``: larger images are bad items (default 64 million).
     """
 
     kind = "image"
@@ -42,10 +53,26 @@ class ImageProcessor(FileProcessor):
         if not open_files:
             return None
         try:
-            open_image(path)
+            open_image(path, self.max_pixels)
         except Exception as exc:  # PIL raises many types for bad files
             return f"cannot read image {path}: {type(exc).__name__}: {exc}"
         return None
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.params.get("max_pixels") or MAX_PIXELS)
+
+    def limit_problems(self) -> List[str]:
+        problems = limit(self.params, "size", 1, MAX_SIDE) + limit(self.params, "max_pixels", 1, 10 ** 10)
+        for key in ("mean", "std"):
+            v = self.params.get(key)
+            if v is not None and (not isinstance(v, list) or len(v) != 3
+                                  or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                problems.append(f"'{key}' must be 3 numbers; got {v!r}")
+        if isinstance(self.params.get("std"), list) and any(
+                isinstance(x, (int, float)) and x <= 0 for x in self.params["std"]):
+            problems.append(f"'std' must be > 0; got {self.params['std']!r}")
+        return problems
 
     def _transform(self, train: bool):
         from torchvision.transforms import v2
@@ -72,7 +99,7 @@ class ImageProcessor(FileProcessor):
         if not hasattr(self, key):
             setattr(self, key, self._transform(train))
         try:
-            return getattr(self, key)(open_image(resolve_path(value, base_dir)))
+            return getattr(self, key)(open_image(resolve_path(value, base_dir), self.max_pixels))
         except Exception as exc:  # the file changed after validation: treat as missing, do not crash
             warnings.warn(f"{value}: unreadable image treated as missing ({exc})")
             return None

@@ -59,7 +59,8 @@ class TabularProcessor(Processor):
         return {"n_numeric": len(self.numeric),
                 "cardinalities": [len(v) + 1 for v in self.categorical_vocab.values()]}
 
-    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool,
+              allow_outside: bool = False) -> List[CellProblem]:
         problems: List[CellProblem] = []
         for col in self.columns:
             numeric = col in self.numeric if self.numeric or self.categorical_vocab else self._is_numeric(df, col)

@@ -7,9 +7,11 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 import torch
 
-from crossfuse.data.processors.base import CellProblem, Processor, is_blank
+from crossfuse.data.processors.base import CellProblem, Processor, is_blank, limit
 
 PAD, UNK = "[PAD]", "[UNK]"
+MAX_TOKENS = 8192  # the longest max_length a model may ask for
+CHARS_PER_TOKEN = 64  # a text is cut to max_length * this many characters before tokenizing
 
 
 class TextProcessor(Processor):
@@ -79,7 +81,8 @@ class TextProcessor(Processor):
     def encoder_kwargs(self) -> Dict[str, Any]:
         return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id}
 
-    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool) -> List[CellProblem]:
+    def check(self, df: pd.DataFrame, base_dir: Path, open_files: bool,
+              allow_outside: bool = False) -> List[CellProblem]:
         return [(pos, self.column, "empty text") for pos, v in enumerate(df[self.column].tolist()) if is_blank(v)]
 
     def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
@@ -89,8 +92,13 @@ class TextProcessor(Processor):
         return None if is_blank(value) else hashlib.sha256(str(value).encode()).hexdigest()
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[str]:
+        """The cell as text, cut long before tokenizing: only ``max_length`` tokens are kept
+        anyway, and a megabyte cell would otherwise be tokenized in full every epoch."""
         value = row[self.column]
-        return None if is_blank(value) else str(value)
+        return None if is_blank(value) else str(value)[: int(self.params["max_length"]) * CHARS_PER_TOKEN]
+
+    def limit_problems(self) -> List[str]:
+        return limit(self.params, "max_length", 1, MAX_TOKENS) + limit(self.params, "vocab_size", 3, 10_000_000)
 
     def collate(self, items: List[Optional[str]]):
         mask = torch.tensor([x is not None for x in items])
