@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from crossfuse.atomic import atomic_write
 from crossfuse.config.schema import Component, Config
 from crossfuse.engine import train
 from crossfuse.fusion import FUSIONS
@@ -88,8 +89,8 @@ def write_comparison(out: Path, rows: List[Dict], title: str = "crossfuse compar
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
-    (out / "comparison.md").write_text(f"# {title}\n\n{comparison_table(rows)}\n")
+    atomic_write(out / "comparison.json", json.dumps(rows, indent=2))
+    atomic_write(out / "comparison.md", f"# {title}\n\n{comparison_table(rows)}\n")
     key = "accuracy" if "accuracy" in rows[0] else "r2"
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     colors = ["tab:gray" if "only" in r["model"] else "tab:blue" for r in rows]

@@ -52,17 +52,17 @@ def test_a_killed_write_leaves_no_entry(tmp_path, monkeypatch):
     store.put_many(["a"], np.ones((1, 2), dtype=np.float32))
     import crossfuse.cache.store as store_module
 
-    real = store_module._atomic_write
+    real = store_module.atomic_write
 
     def die_before_commit(path, data):
         if path.name.endswith(".keys.json"):
             raise KeyboardInterrupt  # the process dies after the vectors, before the keys
         real(path, data)
 
-    monkeypatch.setattr(store_module, "_atomic_write", die_before_commit)
+    monkeypatch.setattr(store_module, "atomic_write", die_before_commit)
     with pytest.raises(KeyboardInterrupt):
         store.put_many(["b"], np.zeros((1, 2), dtype=np.float32))
-    monkeypatch.setattr(store_module, "_atomic_write", real)
+    monkeypatch.setattr(store_module, "atomic_write", real)
     fresh = EmbeddingStore(tmp_path, "ns")
     assert len(fresh) == 1 and fresh.get("b") is None and np.array_equal(fresh.get("a"), [1, 1])
     assert fresh.info()["orphans"] == 1

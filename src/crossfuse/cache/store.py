@@ -14,13 +14,17 @@ Reads memory-map the shards: a million 1,024-d vectors are not loaded into RAM t
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from crossfuse.atomic import atomic_write
 
 KEYS_SUFFIX = ".keys.json"
 
@@ -36,7 +40,7 @@ class EmbeddingStore:
         self.dir = Path(root) / namespace
         self.dir.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (self.dir / "meta.json").is_file():
-            _atomic_write(self.dir / "meta.json", json.dumps(meta, indent=2).encode())
+            atomic_write(self.dir / "meta.json", json.dumps(meta, indent=2))
         self._index: Dict[str, Tuple[int, int]] = {}
         self._shards: List[Path] = []
         self._maps: Dict[int, np.ndarray] = {}
@@ -56,6 +60,21 @@ class EmbeddingStore:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    @contextmanager
+    def writing(self) -> Iterator["EmbeddingStore"]:
+        """Hold this namespace's writer lock (an advisory file lock): a second process that wants
+        to extract into it waits, then finds (after ``refresh``) what the first one wrote, so
+        concurrent runs never extract the same items twice."""
+        import fcntl
+
+        with open(self.dir / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                self.refresh()
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -77,14 +96,10 @@ class EmbeddingStore:
         if not len(keys):
             return
         name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        npy = self.dir / f"{name}.npy"
-        tmp = self.dir / f".{name}.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, npy)
-        _atomic_write(self.dir / f"{name}{KEYS_SUFFIX}", json.dumps(list(keys)).encode())  # the commit point
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        atomic_write(self.dir / f"{name}.npy", buffer.getvalue())
+        atomic_write(self.dir / f"{name}{KEYS_SUFFIX}", json.dumps(list(keys)))  # the commit point
         self.refresh()
 
     def info(self) -> Dict:
@@ -93,15 +108,6 @@ class EmbeddingStore:
         meta = json.loads((self.dir / "meta.json").read_text()) if (self.dir / "meta.json").is_file() else {}
         return {"namespace": self.dir.name, "entries": len(self), "shards": len(self._shards),
                 "orphans": len(orphans), "bytes": size, **{k: meta[k] for k in ("encoder", "dim") if k in meta}}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def namespaces(root: str | Path) -> List[EmbeddingStore]:

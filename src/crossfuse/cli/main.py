@@ -234,7 +234,8 @@ def cmd_search(args) -> int:
 
 def cmd_validate(args) -> int:
     from crossfuse.config import load_config
-    from crossfuse.engine.pipeline import load_table, resolve_config, validate_data
+    from crossfuse.data import apply_policy
+    from crossfuse.engine.pipeline import load_table, plan_problems, resolve_config, validate_data
 
     cfg = load_config(args.config, args.overrides)
     df, base_dir, file = load_table(cfg)
@@ -250,6 +251,17 @@ def cmd_validate(args) -> int:
     head = f"task: retrieval into {cfg.retrieval.embed_dim}-d ({cfg.retrieval.loss})" \
         if cfg.data.task == "retrieval" else f"fusion: {cfg.fusion.name}; task: {cfg.data.task}"
     print(f"{head}; rows: {len(df)}")
+    usable = df
+    if problems and cfg.data.on_bad_item != "error":
+        usable, _ = apply_policy(df, problems, cfg.data.on_bad_item, cfg.data.target)
+    fatal, warnings = plan_problems(cfg, usable, file)
+    for p in warnings:
+        print(f"  warning: {p}")
+    if fatal:
+        print(f"{len(fatal)} problem(s) training would stop at:")
+        for p in fatal:
+            print(f"  - {p}")
+        return 1
     if problems:
         print(f"{len(problems)} problem(s):")
         for p in problems:

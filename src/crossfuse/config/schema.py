@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
 MODALITY_KINDS = ("image", "text", "audio", "tabular")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 TASKS = ("auto", "classification", "regression", "retrieval")
 BAD_ITEM_POLICIES = ("error", "skip", "missing")
 
@@ -42,6 +44,8 @@ class DataConfig:
     # file paths that leave the manifest's folder (absolute, or through '..') are bad items unless
     # this is true: a manifest from elsewhere cannot make crossfuse read arbitrary files
     allow_outside_paths: bool = False
+    # columns never used as inputs when the modalities are inferred (a copy of the label, a fold id)
+    exclude: List[str] = field(default_factory=list)
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -215,6 +219,8 @@ def _convert(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
             problems.append(f"'{path}' must be an integer. Got {value!r}.")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; it is the number it looks like
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"'{path}' must be a number. Got {value!r}.")
             return value

@@ -12,6 +12,8 @@ from crossfuse.errors import ConfigError, DataError, Problem
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_ENCODERS = {"image": "small_cnn", "text": "gru", "audio": "audio_cnn", "tabular": "mlp"}
+# columns that hold a split or fold assignment, never a feature, when modalities are inferred
+SPLIT_LIKE = {"split", "fold", "folds", "kfold", "cv_fold", "partition", "subset"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
 
@@ -21,11 +23,16 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError([Problem(str(path), "manifest file not found")])
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
+        _check_utf8(path)
     try:
         if suffix in (".csv", ".tsv"):
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            df = pd.read_json(path, lines=suffix != ".json")
+            _delimiter_hint(df, path, suffix)
+        elif suffix in (".jsonl", ".ndjson"):
+            df = _read_jsonl(path)
+        elif suffix == ".json":
+            df = pd.read_json(path)
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         else:
@@ -40,6 +47,79 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _check_utf8(path: Path) -> None:
+    """Text manifests must be UTF-8: name the first line that is not."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError([Problem(str(path), f"line {number} is not UTF-8 text (byte {exc.start + 1} of the "
+                                                    "line); save the file as UTF-8")]) from exc
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line; a bad line is named, blank lines are allowed."""
+    import json
+
+    records, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                problems.append(Problem(str(path), f"line {number} is not valid JSON: {exc}"))
+                continue
+            if not isinstance(record, dict):
+                problems.append(Problem(str(path), f"line {number} is a {type(record).__name__}, not an object "
+                                                   "({\"column\": value, ...})"))
+                continue
+            records.append(record)
+    if problems:
+        raise DataError(problems)
+    return pd.DataFrame.from_records(records)
+
+
+def _delimiter_hint(df: pd.DataFrame, path: Path, suffix: str) -> None:
+    """A CSV read as a single column whose header holds ';' (or tabs) was written with another
+    delimiter: say so instead of failing later with 'column not found'."""
+    if df.shape[1] != 1:
+        return
+    header = str(df.columns[0])
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+        if sep in header:
+            raise DataError([Problem(str(path), f"read as one column '{header[:60]}': the file seems to be "
+                                                f"separated by {name}, not commas; save it with commas"
+                                                + (" or name it .tsv" if sep == "\t" else ""))])
+
+
+def leaking_columns(df: pd.DataFrame, target: str, candidates: List[str]) -> Dict[str, str]:
+    """{column: why} for columns that give the target away: a one-to-one copy of it under another
+    name (excluded from inference), or a column that alone predicts it almost perfectly (warned).
+
+    Purity is the share of rows whose target is the most common one among rows sharing the
+    column's value; only columns with repeated values are judged (a unique id is pure trivially).
+    """
+    from crossfuse.data.validate import label_str
+
+    y = df[target].map(label_str)
+    out = {}
+    for col in candidates:
+        x = df[col].astype(str)
+        n_x = x.nunique()
+        if n_x < 2 or n_x > 0.5 * len(df):
+            continue
+        per_value = y.groupby(x).agg(lambda s: s.value_counts().iloc[0])
+        purity = float(per_value.sum()) / len(df)
+        if purity == 1.0 and n_x == y.nunique():
+            out[col] = "copy"
+        elif purity >= 0.99:
+            out[col] = f"predicts the target alone for {purity:.1%} of the rows"
+    return out
+
+
 def infer_modalities(df: pd.DataFrame, exclude: List[Optional[str]]) -> Dict[str, ModalityConfig]:
     """Guess the modality of every column not in ``exclude``.
 
@@ -49,7 +129,7 @@ def infer_modalities(df: pd.DataFrame, exclude: List[Optional[str]]) -> Dict[str
     """
     image_cols, text_cols, audio_cols, tab_cols = [], [], [], []
     for col in df.columns:
-        if col in exclude or str(col).lower() == "split":
+        if col in exclude or str(col).lower() in SPLIT_LIKE:
             continue
         values = df[col].dropna()
         if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):

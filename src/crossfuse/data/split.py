@@ -9,6 +9,7 @@ from sklearn.model_selection import train_test_split
 
 from crossfuse.config.schema import SplitConfig
 from crossfuse.data.manifest import SPLIT_NAMES
+from crossfuse.data.validate import label_str
 from crossfuse.errors import DataError, Problem
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,15 @@ def split_frame(df: pd.DataFrame, cfg: SplitConfig, target: Optional[str], strat
             raise DataError(bad)
         canon = names.map(SPLIT_NAMES)
         parts = {s: df[canon.values == s] for s in ("train", "val", "test")}
+        if not len(parts["val"]) and cfg.val_size > 0 and len(parts["train"]) > 1:
+            # a train/test-only column must not turn validation (and so early stopping) off
+            sub = SplitConfig(None, min(0.5, cfg.val_size * len(df) / len(parts["train"])), 0.0, cfg.seed)
+            carved = _group_split(parts["train"], sub, groups) if groups else \
+                _random_split(parts["train"], sub, target, stratify)
+            parts["train"], parts["val"] = carved["train"], carved["val"]
+            log.info("The '%s' column has no validation rows: %d of its %d training rows (data.split.val_size=%s "
+                     "of the data) are held out for validation", cfg.column, len(parts["val"]),
+                     len(parts["train"]) + len(parts["val"]), cfg.val_size)
     else:
         parts = _group_split(df, cfg, groups) if groups else _random_split(df, cfg, target, stratify)
     if len(parts["train"]) == 0:
@@ -36,7 +46,8 @@ def _random_split(df, cfg, target, stratify) -> Dict[str, pd.DataFrame]:
     def split(frame, size, seed):
         if size <= 0 or len(frame) < 2:
             return frame, frame.iloc[:0]
-        strat = frame[target] if (stratify and target) else None
+        # labels as strings: a JSONL column mixing 1, "1" and "b" is one set of classes, not a TypeError
+        strat = frame[target].map(label_str) if (stratify and target) else None
         if strat is not None and (strat.value_counts().min() < 2 or round(size * len(frame)) < strat.nunique()):
             log.warning("Some classes are too small to stratify the split; splitting at random instead")
             strat = None

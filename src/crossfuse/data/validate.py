@@ -47,8 +47,18 @@ def find_problems(df: pd.DataFrame, processors: Mapping[str, Processor], file: s
     problems: List[Problem] = []
     rows = df.index
     for name, proc in processors.items():
+        nested = _nested_cells(df, proc.columns)  # Parquet/JSONL lists and mappings: one value per cell
+        problems += [Problem(file, f"a {type(v).__name__} value; each cell must hold one value, not several",
+                             int(rows[pos]), col, name) for pos, col, v in nested]
+        clean = df
+        if nested:
+            clean = df.copy()
+            for pos, col, _ in nested:
+                clean.iat[pos, clean.columns.get_loc(col)] = None
+        bad_nested = {(pos, col) for pos, col, _ in nested}
         problems += [Problem(file, msg, int(rows[pos]), col, name)
-                     for pos, col, msg in proc.check(df, base_dir, open_files, allow_outside)]
+                     for pos, col, msg in proc.check(clean, base_dir, open_files, allow_outside)
+                     if (pos, col) not in bad_nested]
     if target is not None and target in df.columns:
         known = None if labels is None else {str(l) for l in labels}
         for pos, v in zip(map(int, rows), df[target].tolist()):
@@ -60,6 +70,41 @@ def find_problems(df: pd.DataFrame, processors: Mapping[str, Processor], file: s
                 problems.append(Problem(file, f"unknown label {v!r}; the model knows: {', '.join(sorted(known))}",
                                         pos, target))
     return sorted(problems, key=lambda p: (p.row if p.row is not None else -1, p.column or ""))
+
+
+def _nested_cells(df: pd.DataFrame, columns: Sequence[str]):
+    """(position, column, value) of cells holding a list, array or mapping."""
+    out = []
+    for col in columns:
+        if col not in df.columns or df[col].dtype != object:
+            continue
+        out += [(pos, col, v) for pos, v in enumerate(df[col].tolist()) if isinstance(v, (list, tuple, dict, np.ndarray))]
+    return out
+
+
+def duplicate_ids(df: pd.DataFrame, column: Optional[str], file: str) -> List[Problem]:
+    """Rows whose id repeats an earlier row's (ids name items in predictions and indexes)."""
+    if not column or column not in df.columns:
+        return []
+    ids = df[column].astype(str)
+    first = {}
+    problems = []
+    for row, v in zip(map(int, df.index), ids.tolist()):
+        if v in first:
+            problems.append(Problem(file, f"duplicate id {v!r} (first at row {first[v] + 1})", row, column))
+        else:
+            first[v] = row
+    return problems
+
+
+def unseen_labels(splits: Mapping[str, pd.DataFrame], target: str, file: str) -> List[Problem]:
+    """Labels of the validation or test rows that no training row has: the model can never predict
+    them (each row is listed)."""
+    known = {label_str(v) for v in splits["train"][target].tolist() if not is_blank(v)}
+    return [Problem(file, f"label {label_str(v)!r} is in the {part} split only; no training row has it", int(r),
+                    target)
+            for part in ("val", "test") for r, v in zip(splits[part].index, splits[part][target].tolist())
+            if not is_blank(v) and label_str(v) not in known]
 
 
 def apply_policy(df: pd.DataFrame, problems: List[Problem], policy: str, target: Optional[str]

@@ -6,11 +6,12 @@ checkpoint intact. Loading never unpickles.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
+
+from crossfuse.atomic import atomic_file
 
 _TENSOR = "__tensor__"
 
@@ -48,9 +49,8 @@ def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: Dict[str, torch.Tensor] = {}
     tree = flatten(state, "s", tensors)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"crossfuse_checkpoint": json.dumps(tree)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"crossfuse_checkpoint": json.dumps(tree)})
 
 
 def load_checkpoint(path: str | Path) -> Dict[str, Any]:

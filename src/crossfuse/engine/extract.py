@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -28,6 +29,7 @@ from crossfuse.engine.inference import default_device
 from crossfuse.types import Batch, CachedFeatures
 
 log = logging.getLogger(__name__)
+COMMIT_SECONDS = 5.0  # extraction writes what it has at least this often
 
 
 def fingerprint(encoder, processor: Processor, decoder: str = "default") -> str:
@@ -122,16 +124,20 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
         keys: Dict[int, Optional[str]] = {}
         for row_id, row in zip(df.index, df[proc.columns].to_dict("records")):
             keys[int(row_id)] = None if int(row_id) in bad else proc.content_key(row, base_dir)
-        todo, seen = [], set()
-        for row_id, key in keys.items():
-            if key is not None and key not in store and key not in seen:
-                todo.append(row_id)
-                seen.add(key)
-        log.info("Modality %s: %d items, %d in the cache, %d to extract (%s)", m, len(keys),
-                 len(keys) - len(todo), len(todo), namespace)
-        if todo:
-            extract = _extract_jpeg_on_device if on_device else _extract
-            extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
+        with store.writing():  # another run filling this namespace finishes first; its vectors count
+            todo, seen = [], set()
+            for row_id, key in keys.items():
+                if key is not None and key not in store and key not in seen:
+                    todo.append(row_id)
+                    seen.add(key)
+            present = [k for k in keys.values() if k is not None]
+            cached = sum(k in store for k in present)
+            duplicates = len(present) - cached - len(todo)
+            log.info("Modality %s: %d items, %d in the cache, %d duplicates of other items, %d to extract (%s)",
+                     m, len(keys), cached, duplicates, len(todo), namespace)
+            if todo:
+                extract = _extract_jpeg_on_device if on_device else _extract
+                extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
         out[m] = CachedModality(root, namespace, keys, enc.output_dim, proc.columns)
     return out
 
@@ -156,6 +162,7 @@ def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size
     row_ids = rows.index.to_numpy()
     pending_keys: List[str] = []
     pending: List[np.ndarray] = []
+    last_commit = time.monotonic()
     for batch in tqdm(loader, desc=f"extract {m}", disable=None if progress else True, leave=False):
         batch: Batch = batch.to(device)
         with autocast:
@@ -164,9 +171,10 @@ def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size
         positions = batch.index.cpu().numpy()
         pending_keys += [keys[int(row_ids[positions[j]])] for j in take]
         pending += list(vectors[take])
-        if len(pending_keys) >= 4096:  # one shard per few thousand vectors
+        # a shard per few thousand vectors, or per few seconds of work: a killed run loses at most that
+        if len(pending_keys) >= 4096 or time.monotonic() - last_commit >= COMMIT_SECONDS:
             store.put_many(pending_keys, np.stack(pending))
-            pending_keys, pending = [], []
+            pending_keys, pending, last_commit = [], [], time.monotonic()
     if pending_keys:
         store.put_many(pending_keys, np.stack(pending))
 

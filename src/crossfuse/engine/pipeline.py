@@ -5,22 +5,25 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 import crossfuse
+from crossfuse.atomic import atomic_write
 from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Config
-from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
-                            infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest, split_frame)
+from crossfuse.data.manifest import SPLIT_LIKE, leaking_columns
+from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, duplicate_ids, find_problems,
+                            infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest, split_frame,
+                            unseen_labels)
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
-from crossfuse.errors import ConfigError
+from crossfuse.errors import ConfigError, DataError, Problem
 from crossfuse.models import build_model, component_problems, make_processors, param_counts
 
 log = logging.getLogger(__name__)
@@ -54,9 +57,8 @@ def load_table(cfg: Config) -> Tuple[pd.DataFrame, Path, str]:
 def resolve_config(cfg: Config, df: pd.DataFrame) -> Config:
     """Fill in what the config leaves to the data: modalities and the task. Checks components."""
     if not cfg.modalities:
-        exclude = [cfg.data.target, cfg.data.id_column, cfg.data.split.column]
-        cfg = dataclasses.replace(cfg, modalities=infer_modalities(df, exclude))
-        log.info("Inferred modalities: %s", {m: v.columns for m, v in cfg.modalities.items()})
+        cfg = dataclasses.replace(cfg, modalities=infer_roles(cfg, df, [cfg.data.target, cfg.data.id_column,
+                                                                        cfg.data.split.column]))
     problems = component_problems(cfg)
     if problems:
         raise ConfigError(problems)
@@ -65,13 +67,67 @@ def resolve_config(cfg: Config, df: pd.DataFrame) -> Config:
     return cfg
 
 
+def infer_roles(cfg: Config, df: pd.DataFrame, reserved: List[Optional[str]]) -> Dict[str, Any]:
+    """Modalities for a config that names none: every column not reserved (target, id, split),
+    not in ``data.exclude``, not split/fold-like and not a copy of the target; logged as a table."""
+    target = cfg.data.target if cfg.data.target in df.columns else None
+    unknown = [c for c in cfg.data.exclude if c not in df.columns]
+    if unknown:
+        log.warning("data.exclude names columns the manifest lacks: %s", ", ".join(map(str, unknown)))
+    skip = set(reserved) | set(cfg.data.exclude)
+    candidates = [c for c in df.columns if c not in skip and str(c).lower() not in SPLIT_LIKE]
+    leaks = leaking_columns(df, target, candidates) if target and cfg.data.task != "retrieval" else {}
+    copies = [c for c, why in leaks.items() if why == "copy"]
+    for c, why in leaks.items():
+        if why == "copy":
+            log.warning("Column '%s' is a one-to-one copy of the target '%s': left out of the inputs (target "
+                        "leakage)", c, target)
+        else:
+            log.warning("Column '%s' %s: check it is not the label in disguise (data.exclude: [%s] leaves it "
+                        "out)", c, why, c)
+    modalities = infer_modalities(df, list(skip | set(copies)))
+    roles = {c: f"{m} ({mc.kind})" for m, mc in modalities.items() for c in mc.columns}
+    why_not = {cfg.data.target: "target", cfg.data.id_column: "id", cfg.data.split.column: "split",
+               **{c: "excluded (data.exclude)" for c in cfg.data.exclude}, **{c: "excluded: copy of the target"
+                                                                               for c in copies}}
+    def role(c) -> str:
+        return roles.get(c) or why_not.get(c) or ("split/fold, not a feature" if str(c).lower() in SPLIT_LIKE else "-")
+
+    lines = ["| column | role |", "|---|---|"] + [f"| {c} | {role(c)} |" for c in df.columns]
+    log.info("Inferred column roles:\n%s", "\n".join(lines))
+    return modalities
+
+
 def validate_data(cfg: Config, df: pd.DataFrame, base_dir: Path, file: str):
-    """The manifest checks of ``crossfuse validate`` and of training: returns (processors, problems)."""
+    """The manifest checks of ``crossfuse validate`` and of training: returns (processors, problems).
+    Duplicate ids are reported as a warning (they are legal, but predictions and indexes name
+    items by them)."""
     processors = make_processors(cfg.modalities)
     check_columns(df, processors, file, cfg.data.target)
     problems = find_problems(df, processors, file, base_dir, cfg.data.target, cfg.data.task,
                              open_files=cfg.data.check_files, allow_outside=cfg.data.allow_outside_paths)
+    dupes = duplicate_ids(df, cfg.data.id_column, file)
+    if dupes:
+        log.warning("%d rows repeat an id of data.id_column '%s' (first: %s)", len(dupes), cfg.data.id_column,
+                    dupes[0])
     return processors, problems
+
+
+def plan_problems(cfg: Config, df: pd.DataFrame, file: str) -> Tuple[List[Problem], List[Problem]]:
+    """What training would refuse after the cell checks (a one-class target, an unknown split
+    name, an empty training split), and what it would warn about (labels only in val/test):
+    (errors, warnings). ``crossfuse validate`` reports both, so it finds what ``train`` refuses."""
+    target = cfg.data.target
+    classification = cfg.data.task == "classification"
+    try:
+        if cfg.data.task != "retrieval":
+            TaskSpec.fit(cfg.data.task, df[target], file, target)
+        splits = split_frame(df, cfg.data.split, target if cfg.data.task != "retrieval" else None,
+                             stratify=classification, file=file,
+                             groups=cfg.retrieval.group_column if cfg.data.task == "retrieval" else None)
+    except DataError as exc:
+        return exc.problems, []
+    return [], unseen_labels(splits, target, file) if classification else []
 
 
 def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Path] = None,
@@ -91,6 +147,11 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
 
     task = TaskSpec.fit(cfg.data.task, df[target], file, target)
     splits = split_frame(df, cfg.data.split, target, stratify=task.kind == "classification", file=file)
+    if task.kind == "classification":
+        unseen = unseen_labels(splits, target, file)
+        if unseen:  # the output layer has a unit for them, but nothing teaches it
+            log.warning("%d val/test rows have a label no training row has; the model cannot predict it:\n%s",
+                        len(unseen), "\n".join(f"  - {p}" for p in unseen[:20]))
     seed_all(cfg.train.seed)
     model = build_model(cfg, processors, splits["train"], base_dir, task.out_dim)
     total, trainable = param_counts(model)
@@ -186,9 +247,6 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
     df = read_manifest(manifest)
     result = predictor.predict_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
                                      progress=True)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-    result.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
+    atomic_write(out_csv, result.to_csv(index=False))
     return result
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from crossfuse.atomic import atomic_write
 from crossfuse.metrics import plot_confusion_matrix, plot_training_curves
 
 
@@ -13,16 +14,16 @@ def write_report(out_dir: Path, metrics: Dict[str, Any], labels: Optional[List[s
                  title: str = "crossfuse evaluation", extra: Optional[Dict[str, Any]] = None) -> Dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out_dir / "metrics.json", "summary": out_dir / "summary.md"}
-    files["metrics"].write_text(json.dumps({**metrics, **(extra or {})}, indent=2))
+    atomic_write(files["metrics"], json.dumps({**metrics, **(extra or {})}, indent=2))
     if history:
         files["history"] = out_dir / "history.json"
-        files["history"].write_text(json.dumps(history, indent=2))
+        atomic_write(files["history"], json.dumps(history, indent=2))
         files["curves"] = out_dir / "training_curves.png"
         plot_training_curves(history, files["curves"], monitor or "loss")
     if labels and "confusion_matrix" in metrics:
         files["confusion"] = out_dir / "confusion_matrix.png"
         plot_confusion_matrix(metrics["confusion_matrix"], labels, files["confusion"])
-    files["summary"].write_text(summary_text(metrics, labels, title, extra))
+    atomic_write(files["summary"], summary_text(metrics, labels, title, extra))
     return files
 
 

@@ -18,13 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import crossfuse
+from crossfuse.atomic import atomic_write
 from crossfuse.config.schema import Config
-from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems, infer_modalities,
+from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
                             missing_cells, read_manifest, split_frame, usable_rows)
 from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.extract import cache_root, with_cache
-from crossfuse.engine.pipeline import RunResult, evaluation_part, load_table, save_run, validate_data
+from crossfuse.engine.pipeline import RunResult, evaluation_part, infer_roles, load_table, save_run, validate_data
 from crossfuse.engine.inference import default_device
 from crossfuse.engine.trainer import Trainer, seed_all
 from crossfuse.errors import ConfigError, CrossfuseError, DataError
@@ -300,9 +301,9 @@ def _group_codes(df: pd.DataFrame, column: Optional[str]) -> np.ndarray:
 def write_retrieval_report(out_dir: Path, metrics: Dict[str, Any], history=None,
                            extra: Optional[Dict[str, Any]] = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps({**metrics, **(extra or {})}, indent=2))
+    atomic_write(out_dir / "metrics.json", json.dumps({**metrics, **(extra or {})}, indent=2))
     if history:
-        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+        atomic_write(out_dir / "history.json", json.dumps(history, indent=2))
         plot_training_curves(history, out_dir / "training_curves.png", MONITOR)
     lines = ["# crossfuse: cross-modal retrieval", ""]
     lines += [f"- {k}: {v}" for k, v in (extra or {}).items() if isinstance(v, (str, int, float))]
@@ -313,7 +314,7 @@ def write_retrieval_report(out_dir: Path, metrics: Dict[str, Any], history=None,
     for d, m in metrics["directions"].items():
         lines.append(f"| {d} | {m['queries']} | {m['gallery']} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | "
                      f"{m['recall@10']:.4f} | {m['median_rank']:.0f} | {m['mean_rank']:.1f} | {m['mAP']:.4f} |")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out_dir / "summary.md", "\n".join(lines) + "\n")
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -333,9 +334,8 @@ def resolve_retrieval_config(cfg: Config, df: pd.DataFrame, flickr: bool = False
     data = dataclasses.replace(cfg.data, target=None, task="retrieval")
     cfg = dataclasses.replace(cfg, data=data, retrieval=r)
     if not cfg.modalities:
-        exclude = [cfg.data.id_column, cfg.data.split.column, r.group_column]
-        cfg = dataclasses.replace(cfg, modalities=infer_modalities(df, exclude))
-        log.info("Inferred modalities: %s", {m: v.columns for m, v in cfg.modalities.items()})
+        cfg = dataclasses.replace(cfg, modalities=infer_roles(cfg, df, [cfg.data.id_column, cfg.data.split.column,
+                                                                        r.group_column]))
     problems = component_problems(cfg)
     if len(cfg.modalities) < 2:
         problems.append(f"retrieval needs at least two modalities; got {', '.join(cfg.modalities) or 'none'}")
