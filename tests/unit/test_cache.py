@@ -1,6 +1,7 @@
 """The embedding cache: hits, a miss on each kind of change, concurrent writers, a killed write."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 
 import numpy as np
@@ -222,3 +223,94 @@ def test_fingerprint_memo_follows_in_place_weight_changes():
     fresh = ENCODERS.build("small_cnn", channels=[4], image_size=16)
     fresh.load_state_dict(original)
     assert fingerprint(fresh, proc) == first  # equal weights in another module: equal digest
+
+
+class _Frozen(__import__("torch").nn.Module):
+    """A model with one frozen image encoder (a fixed random projection of the pixels)."""
+
+    def __init__(self, fail_at_batch=None):
+        import torch
+
+        from crossfuse.encoders import ENCODERS
+
+        super().__init__()
+        torch.manual_seed(0)
+        enc = ENCODERS.build("small_cnn", channels=[4], image_size=16)
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        self.encoders = torch.nn.ModuleDict({"image": enc})
+        self.calls, self.fail_at_batch = 0, fail_at_batch
+        real = enc.forward
+
+        def forward(x):
+            self.calls += 1
+            if self.calls == self.fail_at_batch:
+                raise KeyboardInterrupt  # the run is killed during this batch
+            return real(x)
+
+        enc.forward = forward
+
+
+def _image_processor(model):
+    from crossfuse.data.processors import ImageProcessor
+
+    proc = ImageProcessor(["image"])
+    proc.configure(model.encoders["image"])
+    return proc
+
+
+def test_a_killed_extraction_keeps_what_it_finished(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(extract_module, "COMMIT_SECONDS", 0.0)  # commit after every batch
+    manifest = make_items(tmp_path / "d", n=20)
+    df = pd.read_csv(manifest)
+    model = _Frozen(fail_at_batch=3)
+    with pytest.raises(KeyboardInterrupt):
+        extract_module.cache_modalities(model, {"image": _image_processor(model)}, df, manifest.parent,
+                                        tmp_path / "cache", batch_size=4, device=torch.device("cpu"), progress=False)
+    (store,) = namespaces(tmp_path / "cache")
+    assert len(store) == 8  # two finished batches of 4 survive the kill
+    again = _Frozen()
+    extract_module.cache_modalities(again, {"image": _image_processor(again)}, df, manifest.parent,
+                                    tmp_path / "cache", batch_size=4, device=torch.device("cpu"), progress=False)
+    assert again.calls == 3 and len(namespaces(tmp_path / "cache")[0]) == 20  # only the 12 missing ones
+
+
+def _extract_in_process(manifest, cache, counts):
+    import torch
+
+    df = pd.read_csv(manifest)
+    model = _Frozen()
+    extract_module.cache_modalities(model, {"image": _image_processor(model)}, df, manifest.parent, cache,
+                                    batch_size=4, device=torch.device("cpu"), progress=False)
+    counts.put(model.calls)
+
+
+def test_concurrent_runs_on_one_cache_extract_each_item_once(tmp_path):
+    manifest = make_items(tmp_path / "d", n=16)
+    ctx = mp.get_context("spawn")
+    counts = ctx.Queue()
+    procs = [ctx.Process(target=_extract_in_process, args=(manifest, tmp_path / "cache", counts)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    calls = sorted(counts.get(timeout=5) for _ in procs)
+    (store,) = namespaces(tmp_path / "cache")
+    assert len(store) == 16 and sum(len(json.loads(k.read_text())) for k in store.dir.glob("*.keys.json")) == 16
+    assert calls == [0, 4]  # one run extracted the 16 items in 4 batches; the other waited and found them all
+
+
+def test_the_cache_message_counts_duplicates_apart(tmp_path, caplog):
+    import torch
+
+    manifest = make_items(tmp_path / "d", n=6)
+    df = pd.read_csv(manifest)
+    df = pd.concat([df, df.iloc[:2]], ignore_index=True)  # two files listed twice
+    model = _Frozen()
+    with caplog.at_level("INFO"):
+        extract_module.cache_modalities(model, {"image": _image_processor(model)}, df, manifest.parent,
+                                        tmp_path / "cache", device=torch.device("cpu"), progress=False)
+    assert "8 items, 0 in the cache, 2 duplicates of other items, 6 to extract" in caplog.text
