@@ -26,6 +26,7 @@ from crossfuse.data.processors import Processor
 from crossfuse.data.processors.base import stack_present
 from crossfuse.encoders import is_frozen
 from crossfuse.engine.inference import default_device
+from crossfuse.progress import Progress
 from crossfuse.types import Batch, CachedFeatures
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ def with_cache(model, processors: Mapping[str, Processor], df: pd.DataFrame, bas
 
 
 def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size, num_workers, device, progress):
-    from tqdm.auto import tqdm
-
     ds = ManifestDataset(rows, {m: proc}, base_dir, train=False)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=Collator({m: proc}))
     enc = enc.to(device).eval()
@@ -163,7 +162,7 @@ def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size
     pending_keys: List[str] = []
     pending: List[np.ndarray] = []
     last_commit = time.monotonic()
-    for batch in tqdm(loader, desc=f"extract {m}", disable=None if progress else True, leave=False):
+    for batch in Progress(loader, f"extract {m}", enabled=progress, unit="batch"):
         batch: Batch = batch.to(device)
         with autocast:
             vectors = enc(batch.inputs[m]).float().cpu().numpy()
@@ -213,7 +212,6 @@ def _extract_jpeg_on_device(enc, proc, m, rows: pd.DataFrame, base_dir, keys, st
     resized and normalised there: the CPU only reads bytes, so it no longer caps a fast GPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as F
-    from tqdm.auto import tqdm
 
     from crossfuse.data.processors.base import resolve_path
 
@@ -224,8 +222,7 @@ def _extract_jpeg_on_device(enc, proc, m, rows: pd.DataFrame, base_dir, keys, st
     enc = enc.to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     row_ids = rows.index.to_numpy()
-    for items in tqdm(loader, desc=f"extract {m} (decode on {device.type})", disable=None if progress else True,
-                      leave=False):
+    for items in Progress(loader, f"extract {m} (decode on {device.type})", enabled=progress, unit="batch"):
         good, images = [], []
         for i, data in items:
             try:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from crossfuse.progress import Progress
 from crossfuse.types import Batch
 
 
@@ -15,12 +16,10 @@ from crossfuse.types import Batch
 def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                     progress: bool = False, desc: str = "predict") -> Dict[str, Optional[np.ndarray]]:
     """Logits, modality weights (if the fusion has them), presence masks, targets and item indices."""
-    from tqdm.auto import tqdm
-
     was_training = model.training
     model.eval()
     logits, weights, targets, index, masks = [], [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+    for batch in Progress(loader, desc, enabled=progress, unit="batch"):
         batch: Batch = batch.to(device)
         with autocast or nullcontext():
             out = model(batch)

@@ -30,6 +30,7 @@ from crossfuse.engine.inference import default_device
 from crossfuse.engine.trainer import Trainer, seed_all
 from crossfuse.errors import ConfigError, CrossfuseError, DataError
 from crossfuse.index import VectorIndex
+from crossfuse.progress import Progress
 from crossfuse.metrics import plot_search_results, plot_training_curves, retrieval_metrics
 from crossfuse.models import RetrievalModel, build_retrieval_model, component_problems, load_model, pair_loss, \
     param_counts, read_json, save_model
@@ -79,11 +80,9 @@ def collect_embeddings(model, loader: DataLoader, device, modalities: Sequence[s
                        ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """{modality: (embeddings (n, d), present (n,))} over every batch of ``loader``, run through
     ``model``'s forward; ``each(output, batch)`` also sees every batch (e.g. for a loss)."""
-    from tqdm.auto import tqdm
-
     vecs: Dict[str, List[np.ndarray]] = {m: [] for m in modalities}
     masks: Dict[str, List[np.ndarray]] = {m: [] for m in modalities}
-    for batch in tqdm(loader, desc="embed", disable=None if progress else True, leave=False):
+    for batch in Progress(loader, "embed", enabled=progress, unit="batch"):
         batch = batch.to(device)
         out = model(batch)
         if each is not None:

@@ -25,6 +25,7 @@ from crossfuse.encoders import is_frozen
 from crossfuse.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossfuse.engine.inference import collect_outputs
 from crossfuse.engine.missing import drop_modalities
+from crossfuse.progress import Progress
 from crossfuse.types import Batch
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,6 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
     def fit(self, model: torch.nn.Module, train_ds: Dataset, val_ds: Optional[Dataset], collate: Callable,
             sample_weights: Optional[torch.Tensor] = None, resume: bool = False) -> TrainResult:
-        from tqdm.auto import tqdm
-
         c, fabric = self.cfg, self.fabric
         seed_all(c.seed)
         sampler = EpochSampler(len(train_ds), c.seed, weights=sample_weights,
@@ -205,8 +204,8 @@ class Trainer:
             model.train()
             epoch_start = time.perf_counter()
             total, count = torch.zeros((), device=fabric.device), 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
-                       disable=None if (c.progress and self.is_main) else True)
+            bar = Progress(train_loader, f"epoch {epoch + 1}/{c.epochs}", enabled=c.progress and self.is_main,
+                           unit="batch")
             for batch in bar:
                 batch = batch.to(fabric.device)
                 rates = self._dropout_rates(batch)
