@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,29 @@ def test_search_without_an_index_argument_uses_the_default_one(trained, tmp_path
     assert out[0]["query"] == "red above blue" and len(out[0]["results"]) == 2
     assert main(["-q", "search", "runs/latest/index"]) == 2
     assert "at least one query" in capsys.readouterr().err
+
+
+def test_index_values_are_resolved_so_search_grids_work_from_any_folder(trained, tmp_path, monkeypatch, capsys):
+    root, manifest, run = trained
+    monkeypatch.chdir(manifest.parent)
+    assert main(["-q", "index", str(run / "model"), "pairs.csv", "--out", str(run / "index")]) == 0  # relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["-q", "search", str(run / "index"), "red above blue", "--top", "3", "--json",
+                 "--grid", "grid.png"]) == 0
+    hits = json.loads(capsys.readouterr().out.split("grid:")[0])[0]["results"]
+    assert all(Path(h["value"]).is_absolute() and Path(h["value"]).is_file() for h in hits)
+    assert (elsewhere / "grid.png").stat().st_size > 0
+
+
+def test_faiss_loader_noise_is_silenced(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("faiss")
+    code = ("import logging; logging.basicConfig(level=logging.INFO); from crossfuse.index import VectorIndex; "
+            "VectorIndex(4).add(__import__('numpy').ones((2, 4)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "swigfaiss" not in result.stderr and "ModuleNotFoundError" not in result.stderr

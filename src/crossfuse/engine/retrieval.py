@@ -23,6 +23,7 @@ from crossfuse.config.schema import Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, find_problems,
                             missing_cells, read_manifest, split_frame, usable_rows)
 from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
+from crossfuse.data.processors.base import FileProcessor, resolve_path
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.pipeline import RunResult, evaluation_part, infer_roles, load_table, save_run, validate_data
@@ -192,9 +193,11 @@ class Retriever:
         vectors, present = self.embed_frame(kept, base_dir, [modality], batch_size=batch_size,
                                             num_workers=num_workers, progress=progress)[modality]
         rows = kept[present]
+        values = rows[col].tolist()
+        if isinstance(proc, FileProcessor):  # stored resolved: results and grids work from any folder
+            values = [str(resolve_path(v, base_dir).resolve()) for v in values]
         ids = [{"row": int(r) + 1, "value": str(v), **({id_column: _jsonable(i)} if id_column else {})}
-               for r, v, i in zip(rows.index, rows[col].tolist(),
-                                  rows[id_column].tolist() if id_column else [None] * len(rows))]
+               for r, v, i in zip(rows.index, values, rows[id_column].tolist() if id_column else [None] * len(rows))]
         if index is None:
             index = VectorIndex(self.model.output_dim, kind, **params)
         index.add(vectors[present], ids)

@@ -32,6 +32,9 @@ META_FILE, IDS_FILE, FAISS_FILE, NUMPY_FILE = "index.json", "ids.json", "vectors
 
 
 def faiss_available() -> bool:
+    # FAISS's loader logs each CPU-specific build it tries and fails to find (a harmless
+    # ModuleNotFoundError for swigfaiss_avx2 that reads like an error): keep it quiet
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss  # noqa: F401
     except ImportError:
