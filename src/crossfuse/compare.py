@@ -35,7 +35,8 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
                    seeds: Sequence[int] = (0, 1, 2), singles: bool = True, save_runs: bool = False) -> List[Dict]:
     """Train every variant once per seed (seed drives init, split order and dropout) and test it.
 
-    With ``save_runs`` each run keeps its model directory and report under out/<variant>/seed<k>.
+    Each run keeps its metrics.json and history.json under out/<variant>/seed<k> (a few KB);
+    with ``save_runs`` also its model directory and full report.
     """
     out = Path(out)
     fusions = list(fusions or FUSIONS.names())
@@ -43,15 +44,20 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
     for label, modalities, fusion in variants(base, fusions, singles):
         runs = []
         for seed in seeds:
+            run_dir = out / label.replace(" ", "_") / f"seed{seed}"
             cfg = dataclasses.replace(base, modalities=modalities, fusion=fusion,
-                                      train=dataclasses.replace(base.train, seed=seed),
-                                      output_dir=str(out / label.replace(" ", "_") / f"seed{seed}"))
+                                      train=dataclasses.replace(base.train, seed=seed), output_dir=str(run_dir))
             start = time.perf_counter()
             result = train(cfg, save=save_runs)
+            if not save_runs:
+                atomic_write(run_dir / "metrics.json", json.dumps(result.metrics, indent=2))
+                atomic_write(run_dir / "history.json", json.dumps(result.train.history, indent=2))
             runs.append({"seed": seed, "accuracy": result.metrics.get("accuracy"),
                          "f1_macro": result.metrics.get("f1_macro"), "rmse": result.metrics.get("rmse"),
                          "r2": result.metrics.get("r2"), "epochs": len(result.train.history),
-                         "seconds": time.perf_counter() - start})
+                         "seconds": time.perf_counter() - start,
+                         "extract_seconds": result.timings.get("extract_seconds", 0.0),
+                         "train_seconds": result.timings.get("train_seconds", 0.0)})
             log.info("%s, seed %d: %s", label, seed, ", ".join(f"{k} {v:.4g}" for k, v in runs[-1].items()
                                                                  if k != "seed" and v is not None))
         rows.append(summarise(label, "+".join(modalities), runs))
@@ -62,6 +68,8 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
 def summarise(label: str, modalities: str, runs: List[Dict]) -> Dict:
     row = {"model": label, "modalities": modalities, "runs": runs,
            "seconds": float(np.mean([r["seconds"] for r in runs])),
+           "extract_seconds": float(np.mean([r.get("extract_seconds", 0.0) for r in runs])),
+           "train_seconds": float(np.mean([r.get("train_seconds", r["seconds"]) for r in runs])),
            "epochs": float(np.mean([r["epochs"] for r in runs]))}
     for key in ("accuracy", "f1_macro", "rmse", "r2"):
         values = [r[key] for r in runs if r[key] is not None]
@@ -75,10 +83,13 @@ def comparison_table(rows: List[Dict]) -> str:
     n = len(rows[0]["runs"])
     head = " | ".join(f"test {k} ({'mean +- std over ' + str(n) + ' seeds' if n > 1 else 'seed ' + str(rows[0]['runs'][0]['seed'])})"
                       for k in keys)
-    lines = [f"| model | modalities | {head} | epochs | train seconds |", "|---|---|" + "---|" * len(keys) + "---|---|"]
+    # extraction (frozen encoders into the cache, once per item) is reported apart from training
+    lines = [f"| model | modalities | {head} | epochs | extract seconds | train seconds |",
+             "|---|---|" + "---|" * len(keys) + "---|---|---|"]
     for r in rows:
         cells = " | ".join(f"{r[k]:.4f} +- {r[k + '_std']:.4f}" if n > 1 else f"{r[k]:.4f}" for k in keys)
-        lines.append(f"| {r['model']} | {r['modalities']} | {cells} | {r['epochs']:.0f} | {r['seconds']:.1f} |")
+        lines.append(f"| {r['model']} | {r['modalities']} | {cells} | {r['epochs']:.0f} | "
+                     f"{r.get('extract_seconds', 0.0):.1f} | {r.get('train_seconds', r['seconds']):.1f} |")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +37,8 @@ class RunResult:
     train: TrainResult
     output_dir: Optional[Path]
     split_sizes: Dict[str, int]
+    # wall seconds of each stage: feature extraction into the cache, training, final evaluation
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def model_dir(self) -> Optional[Path]:
@@ -159,8 +162,10 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
              f"{total:,}", f"{trainable:,}")
 
     root = cache_root(cfg.cache)
+    clock = time.perf_counter()
     sources = with_cache(model, processors, df, base_dir, root, batch_size=cfg.cache.batch_size,
                          num_workers=cfg.train.num_workers, missing=missing, progress=cfg.train.progress)
+    timings = {"extract_seconds": time.perf_counter() - clock}
     collate = Collator(sources, regression=task.kind == "regression")
     train_y = task.encode(splits["train"][target])
 
@@ -173,8 +178,10 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     trainer = Trainer(cfg.train, task.loss(class_weights), task.metrics, monitor, monitor in HIGHER_IS_BETTER,
                       checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
                       callbacks=callbacks)
+    clock = time.perf_counter()
     result = trainer.fit(model, dataset("train", True), dataset("val", False) if len(splits["val"]) else None,
                          collate, sample_weights=sample_weights, resume=resume)
+    timings["train_seconds"] = time.perf_counter() - clock
     model.to("cpu").eval()
 
     meta = {"crossfuse_version": crossfuse.__version__, "task": task.to_dict(), "target": target,
@@ -185,16 +192,19 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": eval_part, "fusion": cfg.fusion.name, "modalities": ", ".join(cfg.modalities),
              "best_epoch": result.best_epoch, "epochs_run": len(result.history), "monitor": monitor,
+             **{k: round(v, 2) for k, v in timings.items()},
              **{f"{k}_items": v for k, v in sizes.items()}, **{f"policy_{k}": v for k, v in policy_report.items()}}
     is_main = trainer.is_main
+    clock = time.perf_counter()
     metrics = predictor.evaluate_frame(
         splits[eval_part], base_dir, file, on_bad_item="missing", batch_size=cfg.train.batch_size, check_files=False,
         known_missing=missing,
         out_dir=out_dir if (out_dir is not None and is_main) else None, history=result.history, monitor=monitor,
         title=f"crossfuse: {cfg.fusion.name} fusion of {', '.join(cfg.modalities)}", extra=extra)
+    timings["evaluate_seconds"] = time.perf_counter() - clock
     if out_dir is not None and is_main:
         save_run(out_dir, predictor, cfg)
-    return RunResult(predictor, metrics, result, out_dir, sizes)
+    return RunResult(predictor, metrics, result, out_dir, sizes, timings)
 
 
 def evaluation_part(splits: Dict[str, pd.DataFrame]) -> str:

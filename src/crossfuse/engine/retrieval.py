@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -375,8 +376,10 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
              r.embed_dim, f"{total:,}", f"{trainable:,}")
 
     root = cache_root(cfg.cache)
+    clock = time.perf_counter()
     sources = with_cache(model, processors, df, base_dir, root, batch_size=cfg.cache.batch_size,
                          num_workers=cfg.train.num_workers, missing=missing, progress=cfg.train.progress)
+    timings = {"extract_seconds": time.perf_counter() - clock}
     collate = Collator(sources)
 
     def dataset(rows: pd.DataFrame, is_train: bool) -> ManifestDataset:
@@ -412,6 +415,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
                       checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
                       callbacks=callbacks, step_loss=step_loss, evaluate=evaluate)
     has_val = len(splits["val"]) > 0
+    clock = time.perf_counter()
     result = trainer.fit(model, dataset(splits["train"], True), dataset(splits["val"], False) if has_val else None,
                          collate, resume=resume)
     refit_epochs = None
@@ -426,6 +430,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
         refit_cfg = dataclasses.replace(cfg.train, epochs=refit_epochs)
         refitter = Trainer(refit_cfg, None, None, monitor, monitor != "loss", callbacks=callbacks, step_loss=step_loss)
         refitter.fit(model, dataset(both, True), None, collate)
+    timings["train_seconds"] = time.perf_counter() - clock
     model.to("cpu").eval()
     temperature = float(1 / model.scale.detach())
     log.info("Learned temperature: %.4f", temperature)
@@ -440,16 +445,19 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
     extra = {"evaluated_on": eval_part, "modalities": ", ".join(order), "loss": r.loss,
              "temperature": round(temperature, 4), "best_epoch": result.best_epoch,
              "epochs_run": len(result.history), "refit_epochs": refit_epochs or "none",
+             **{k: round(v, 2) for k, v in timings.items()},
              **{f"{k}_items": v for k, v in sizes.items()},
              **{f"policy_{k}": v for k, v in policy_report.items()}}
     is_main = trainer.is_main
+    clock = time.perf_counter()
     metrics = retriever.evaluate_frame(splits[eval_part], base_dir, file, r.group_column,
                                        out_dir=out_dir if (out_dir is not None and is_main) else None,
                                        batch_size=cfg.cache.batch_size, history=result.history, extra=extra,
                                        known_missing=missing, check_files=False)
+    timings["evaluate_seconds"] = time.perf_counter() - clock
     if out_dir is not None and is_main:
         save_run(out_dir, retriever, cfg)
-    return RetrievalRun(retriever, metrics, result, out_dir, sizes)
+    return RetrievalRun(retriever, metrics, result, out_dir, sizes, timings)
 
 
 # --- indexes on disk ----------------------------------------------------------------------------

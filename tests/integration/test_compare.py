@@ -1,0 +1,28 @@
+"""`crossfuse compare`: each run keeps its metrics and history; extraction is timed apart from training."""
+from __future__ import annotations
+
+import json
+
+from crossfuse.compare import comparison_table, run_comparison
+from crossfuse.config import parse_config
+
+from conftest import make_items, tiny_config
+
+
+def test_compare_keeps_each_runs_metrics_and_times_extraction_apart(tmp_path):
+    manifest = make_items(tmp_path / "d", n=36)
+    raw = tiny_config(manifest, tmp_path / "run", epochs=1)
+    raw["modalities"]["image"]["encoder"] = {"name": "resnet18", "trainable": False}  # frozen: extracted, cached
+    raw["modalities"]["image"]["processor"] = {"size": 32}
+    raw["cache"] = {"dir": str(tmp_path / "cache")}
+    rows = run_comparison(parse_config(raw), tmp_path / "cmp", fusions=["concat"], seeds=[0, 1], singles=False)
+    for seed in (0, 1):
+        run = tmp_path / "cmp" / "concat_fusion" / f"seed{seed}"
+        assert json.loads((run / "metrics.json").read_text())["accuracy"] == rows[0]["runs"][seed]["accuracy"]
+        assert len(json.loads((run / "history.json").read_text())) == 1
+        assert not (run / "model").exists()  # models only with save_runs
+    first, second = rows[0]["runs"]
+    assert first["extract_seconds"] > 0 and second["extract_seconds"] < first["extract_seconds"]  # the cache hit
+    assert first["train_seconds"] < first["seconds"]
+    table = comparison_table(rows)
+    assert "| epochs | extract seconds | train seconds |" in table.splitlines()[0]
