@@ -45,4 +45,6 @@ def test_compare_over_seeds(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["image only", "tabular only", "text only", "late fusion", "gated fusion"]
     assert all(len(r["runs"]) == 2 and r["accuracy_std"] >= 0 for r in rows)
     assert "mean +- std over 2 seeds" in capsys.readouterr().out
-    assert not (tmp_path / "run-compare" / "late_fusion").exists()  # runs not kept unless asked
+    kept = tmp_path / "run-compare" / "late_fusion" / "seed1"
+    assert (kept / "metrics.json").is_file() and (kept / "history.json").is_file()  # small, always kept
+    assert not (kept / "model").exists()  # models only with --save-runs

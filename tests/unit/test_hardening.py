@@ -168,3 +168,17 @@ def test_two_writers_of_one_directory_do_not_race(tmp_path):
     assert (tmp_path / "out" / "data").read_text() == who * 100
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
+
+
+def test_a_modality_without_an_encoder_gets_its_kinds_default_and_runs_write_their_split(items, tmp_path):
+    raw = tiny_config(items, tmp_path / "run", epochs=1)
+    del raw["modalities"]["text"]["encoder"], raw["modalities"]["tabular"]["encoder"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["-q", "train", str(cfg)]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["modalities"]["text"]["encoder"]["name"] == "gru"
+    assert saved["modalities"]["tabular"]["encoder"]["name"] == "mlp"
+    split = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert list(split["row"]) == list(range(1, 49)) and set(split["split"]) == {"train", "val", "test"}
+    assert list(split["id"]) == list(pd.read_csv(items)["id"])

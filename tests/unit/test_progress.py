@@ -22,3 +22,34 @@ def test_progress_is_silent_when_disabled_or_quick(monkeypatch, caplog):
         assert list(Progress(range(3), "x", enabled=False)) == [0, 1, 2]
         assert list(Progress(range(3), "x")) == [0, 1, 2]  # well under the 30 s interval: nothing to say
     assert not caplog.records
+
+
+def test_thread_settings_reach_the_file_check_pool(monkeypatch, items):
+    import concurrent.futures
+
+    import pandas as pd
+    import torch
+
+    from crossfuse.data.processors import ImageProcessor
+    from crossfuse.threads import set_threads, thread_count
+
+    seen = []
+    real = concurrent.futures.ThreadPoolExecutor
+
+    def spy(max_workers=None, **kw):
+        seen.append(max_workers)
+        return real(max_workers=max_workers, **kw)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", spy)
+    df = pd.read_csv(items).head(4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    ImageProcessor(["image"]).check(df, items.parent, True)
+    before = torch.get_num_threads()
+    try:
+        set_threads(2)
+        ImageProcessor(["image"]).check(df, items.parent, True)
+        assert torch.get_num_threads() == 2 and thread_count() == 2
+    finally:
+        set_threads(None)
+        torch.set_num_threads(before)
+    assert seen == [3, 2]  # OMP_NUM_THREADS, then the explicit setting

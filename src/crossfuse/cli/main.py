@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crossfuse", description="Cross-modal fusion: train, evaluate and apply "
                                 "models over image, text, audio and tabular data.")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--threads", type=int, help="threads for torch and file decoding (default: OMP_NUM_THREADS, "
+                   "else torch's default); a config's train.threads wins for its run")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -113,6 +115,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", force=True)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise CrossfuseError(f"--threads must be >= 1. Got {args.threads}.")
+            from crossfuse.threads import set_threads
+
+            set_threads(args.threads)
         return COMMANDS[args.command](args)
     except CrossfuseError as exc:
         print(f"error: {exc}", file=sys.stderr)

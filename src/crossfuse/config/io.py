@@ -118,6 +118,7 @@ def check_values(cfg: Config) -> List[str]:
         (lambda: t.warmup_epochs >= 0, f"'train.warmup_epochs' must be >= 0. Got {t.warmup_epochs}."),
         (lambda: t.grad_clip is None or t.grad_clip > 0, f"'train.grad_clip' must be > 0 or null. Got {t.grad_clip}."),
         (lambda: t.num_workers >= 0, f"'train.num_workers' must be >= 0. Got {t.num_workers}."),
+        (lambda: t.threads is None or t.threads >= 1, f"'train.threads' must be >= 1 or null. Got {t.threads}."),
         (lambda: t.early_stopping.patience >= 1, f"'train.early_stopping.patience' must be >= 1. Got {t.early_stopping.patience}."),
         (lambda: 0 <= cfg.head.dropout < 1, f"'head.dropout' must be in [0, 1). Got {cfg.head.dropout}."),
         (lambda: all(1 <= h <= 16384 for h in cfg.head.hidden),

@@ -53,7 +53,7 @@ class DataConfig:
 class ModalityConfig:
     kind: Literal["image", "text", "audio", "tabular"]
     columns: List[str]
-    encoder: Component
+    encoder: Optional[Component] = None  # none: the kind's default (small_cnn, gru, audio_cnn, mlp)
     processor: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +92,7 @@ class TrainConfig:
     # so the model learns to predict from whatever subset an item arrives with
     modality_dropout: Union[float, Dict[str, float]] = 0.0
     num_workers: int = 0
+    threads: Optional[int] = None  # torch and crossfuse's pools; none: OMP_NUM_THREADS, else the defaults
     accelerator: str = "auto"
     devices: Union[int, str] = 1
     strategy: str = "auto"

@@ -15,17 +15,18 @@ import torch
 import crossfuse
 from crossfuse.atomic import atomic_write
 from crossfuse.config.io import save_yaml
-from crossfuse.config.schema import Config
-from crossfuse.data.manifest import SPLIT_LIKE, leaking_columns
+from crossfuse.config.schema import Component, Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, duplicate_ids, find_problems,
                             infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest, split_frame,
                             unseen_labels)
+from crossfuse.data.manifest import DEFAULT_ENCODERS, SPLIT_LIKE, leaking_columns
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
 from crossfuse.errors import ConfigError, DataError, Problem
 from crossfuse.models import build_model, component_problems, make_processors, param_counts
+from crossfuse.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,29 @@ def resolve_config(cfg: Config, df: pd.DataFrame) -> Config:
     if not cfg.modalities:
         cfg = dataclasses.replace(cfg, modalities=infer_roles(cfg, df, [cfg.data.target, cfg.data.id_column,
                                                                         cfg.data.split.column]))
+    cfg = default_encoders(cfg)
     problems = component_problems(cfg)
     if problems:
         raise ConfigError(problems)
     if cfg.data.task == "auto" and cfg.data.target in df.columns:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=infer_task(df[cfg.data.target])))
     return cfg
+
+
+def default_encoders(cfg: Config) -> Config:
+    """Modalities that name no encoder get their kind's default."""
+    filled = {m: mc if mc.encoder is not None or mc.kind not in DEFAULT_ENCODERS else
+              dataclasses.replace(mc, encoder=Component(DEFAULT_ENCODERS[mc.kind])) for m, mc in cfg.modalities.items()}
+    return dataclasses.replace(cfg, modalities=filled)
+
+
+def write_split(out_dir: Path, splits: Dict[str, pd.DataFrame], id_column: Optional[str]) -> None:
+    """split.csv in the run folder: the split each manifest row went to (1-based row, id when
+    known), so the test rows of a split drawn by crossfuse can be rebuilt."""
+    parts = [pd.DataFrame({"row": frame.index.to_numpy() + 1, "split": name,
+                           **({id_column: frame[id_column].to_numpy()} if id_column in frame.columns else {})})
+             for name, frame in splits.items()]
+    atomic_write(out_dir / "split.csv", pd.concat(parts).sort_values("row").to_csv(index=False))
 
 
 def infer_roles(cfg: Config, df: pd.DataFrame, reserved: List[Optional[str]]) -> Dict[str, Any]:
@@ -137,6 +155,8 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
           resume: bool = False, callbacks: Sequence[Any] = (), save: bool = True) -> RunResult:
     """Train, evaluate on the test split and (when ``save``) write the model and report to output_dir."""
     file = "<dataframe>"
+    if cfg.train.threads is not None:
+        set_threads(cfg.train.threads)
     if df is None:
         df, base_dir, file = load_table(cfg)
     base_dir = Path(base_dir or ".")
@@ -204,6 +224,7 @@ def train(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Optional[Pat
     timings["evaluate_seconds"] = time.perf_counter() - clock
     if out_dir is not None and is_main:
         save_run(out_dir, predictor, cfg)
+        write_split(out_dir, splits, cfg.data.id_column)
     return RunResult(predictor, metrics, result, out_dir, sizes, timings)
 
 

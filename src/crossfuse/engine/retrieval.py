@@ -27,12 +27,14 @@ from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
 from crossfuse.data.processors.base import FileProcessor, resolve_path
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.extract import cache_root, with_cache
-from crossfuse.engine.pipeline import RunResult, evaluation_part, infer_roles, load_table, save_run, validate_data
+from crossfuse.engine.pipeline import (RunResult, default_encoders, evaluation_part, infer_roles, load_table, save_run,
+                                      validate_data, write_split)
 from crossfuse.engine.inference import default_device
 from crossfuse.engine.trainer import Trainer, seed_all
 from crossfuse.errors import ConfigError, CrossfuseError, DataError
 from crossfuse.index import VectorIndex
 from crossfuse.progress import Progress
+from crossfuse.threads import set_threads
 from crossfuse.metrics import plot_search_results, plot_training_curves, retrieval_metrics
 from crossfuse.models import RetrievalModel, build_retrieval_model, component_problems, load_model, pair_loss, \
     param_counts, read_json, save_model
@@ -339,6 +341,7 @@ def resolve_retrieval_config(cfg: Config, df: pd.DataFrame, flickr: bool = False
     if not cfg.modalities:
         cfg = dataclasses.replace(cfg, modalities=infer_roles(cfg, df, [cfg.data.id_column, cfg.data.split.column,
                                                                         r.group_column]))
+    cfg = default_encoders(cfg)
     problems = component_problems(cfg)
     if len(cfg.modalities) < 2:
         problems.append(f"retrieval needs at least two modalities; got {', '.join(cfg.modalities) or 'none'}")
@@ -358,6 +361,8 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
                     resume: bool = False, callbacks: Sequence[Any] = (), save: bool = True) -> RetrievalRun:
     """Train a shared embedding space on a manifest of pairs, evaluate it on the test split, save it."""
     file, flickr = "<dataframe>", False
+    if cfg.train.threads is not None:
+        set_threads(cfg.train.threads)
     if df is None:
         df, base_dir, file = load_table(cfg)
         flickr = Path(cfg.data.manifest).is_dir()
@@ -457,6 +462,7 @@ def train_retrieval(cfg: Config, df: Optional[pd.DataFrame] = None, base_dir: Op
     timings["evaluate_seconds"] = time.perf_counter() - clock
     if out_dir is not None and is_main:
         save_run(out_dir, retriever, cfg)
+        write_split(out_dir, splits, cfg.data.id_column)
     return RetrievalRun(retriever, metrics, result, out_dir, sizes, timings)
 
 

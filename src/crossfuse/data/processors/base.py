@@ -171,7 +171,9 @@ class FileProcessor(Processor):
                 problems.append((pos, self.column, f"{self.noun} file not found: {path}"))
             else:
                 todo.append((pos, path))
-        with ThreadPoolExecutor(max_workers=8) as pool:  # decoding releases the GIL
+        from crossfuse.threads import thread_count
+
+        with ThreadPoolExecutor(max_workers=thread_count()) as pool:  # decoding releases the GIL
             found = pool.map(lambda item: (item[0], self.probe(item[1], open_files)), todo)
             problems += [(pos, self.column, msg) for pos, msg in found if msg is not None]
         return sorted(problems)
