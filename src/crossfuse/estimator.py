@@ -12,22 +12,33 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
 from crossfuse.config import parse_config
+from crossfuse.config.schema import Config, DataConfig, HeadConfig, TrainConfig
 from crossfuse.engine import Predictor, train
 from crossfuse.errors import ConfigError, NotFittedError
 
 
-class _FusionEstimator:
+_D, _T, _H = DataConfig(), TrainConfig(), HeadConfig()  # the defaults, from the config itself
+
+
+class _FusionEstimator(BaseEstimator):
+    """Shared by FusionClassifier and FusionRegressor: a scikit-learn estimator (``clone``,
+    ``get_params``/``set_params``, ``cross_val_score``, ``GridSearchCV``) whose defaults are the
+    config dataclasses' own."""
+
     _task: str = ""
 
-    def __init__(self, modalities: Optional[Dict[str, Any]] = None, target: str = "label", fusion: str = "concat",
-                 fusion_params: Optional[Dict[str, Any]] = None, head_hidden: Sequence[int] = (128,),
-                 dropout: float = 0.1, epochs: int = 20, batch_size: int = 32, optimizer: str = "adamw",
-                 lr: float = 1e-3, weight_decay: float = 0.01, scheduler: str = "cosine", patience: int = 5,
-                 val_size: float = 0.15, on_bad_item: str = "error", class_weights: str = "none",
-                 sampler: str = "random", num_workers: int = 0, base_dir: Optional[str] = None,
-                 output_dir: Optional[str] = None, random_state: int = 0, progress: bool = False,
-                 train_options: Optional[Dict[str, Any]] = None):
+    def __init__(self, modalities: Optional[Dict[str, Any]] = None, target: str = _D.target,
+                 fusion: str = Config().fusion.name, fusion_params: Optional[Dict[str, Any]] = None,
+                 head_hidden: Sequence[int] = tuple(_H.hidden), dropout: float = _H.dropout, epochs: int = _T.epochs,
+                 batch_size: int = _T.batch_size, optimizer: str = _T.optimizer, lr: float = _T.lr,
+                 weight_decay: float = _T.weight_decay, scheduler: str = _T.scheduler,
+                 patience: int = _T.early_stopping.patience, val_size: float = _D.split.val_size,
+                 on_bad_item: str = _D.on_bad_item, class_weights: str = _T.class_weights, sampler: str = _T.sampler,
+                 num_workers: int = _T.num_workers, base_dir: Optional[str] = None, output_dir: Optional[str] = None,
+                 random_state: int = _T.seed, progress: bool = False, train_options: Optional[Dict[str, Any]] = None):
         self.modalities = modalities
         self.target = target
         self.fusion = fusion
@@ -52,22 +63,12 @@ class _FusionEstimator:
         self.progress = progress
         self.train_options = train_options
 
-    def get_params(self, deep: bool = True) -> Dict[str, Any]:
-        import inspect
-
-        return {k: getattr(self, k) for k in inspect.signature(_FusionEstimator.__init__).parameters if k != "self"}
-
-    def set_params(self, **params: Any) -> "_FusionEstimator":
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"Invalid parameter {k!r} for {type(self).__name__}")
-            setattr(self, k, v)
-        return self
-
     def _config(self):
         raw = {
             "modalities": self.modalities or {},
+            # the frame comes from the calling program, not from a manifest file: its paths are trusted
             "data": {"target": self.target, "task": self._task, "on_bad_item": self.on_bad_item,
+                     "allow_outside_paths": True,
                      "split": {"column": None, "val_size": self.val_size, "test_size": 0.0,
                                "seed": self.random_state}},
             "fusion": {"name": self.fusion, **(self.fusion_params or {})},
@@ -101,6 +102,7 @@ class _FusionEstimator:
         self.predictor_ = result.predictor
         self.history_ = result.train.history
         self.validation_metrics_ = result.metrics
+        self.n_features_in_ = df.shape[1] - 1  # scikit-learn's convention; the target column is not one
         if self._task == "classification":
             originals = {}
             for v in df[self.target].tolist():
@@ -126,14 +128,15 @@ class _FusionEstimator:
     @classmethod
     def load(cls, path: str | Path, base_dir: Optional[str] = None) -> "_FusionEstimator":
         predictor = Predictor.load(path)
-        est = cls(target=predictor.target, base_dir=base_dir)
+        predictor.allow_outside_paths = True  # frames passed to predict come from the calling program
+        est = cls(target=predictor.target or _D.target, base_dir=base_dir)
         est.predictor_ = predictor
         if predictor.task.kind == "classification":
             est.classes_ = np.array([_restore(l) for l in predictor.task.labels])
         return est
 
 
-class FusionClassifier(_FusionEstimator):
+class FusionClassifier(ClassifierMixin, _FusionEstimator):
     """Fuses the modalities of a DataFrame (image paths, text, numbers, categories) to predict a class."""
 
     _task = "classification"
@@ -151,7 +154,7 @@ class FusionClassifier(_FusionEstimator):
         return float(np.mean([_label_str(a) == _label_str(b) for a, b in zip(self.predict(X), y)]))
 
 
-class FusionRegressor(_FusionEstimator):
+class FusionRegressor(RegressorMixin, _FusionEstimator):
     """Fuses the modalities of a DataFrame to predict a number."""
 
     _task = "regression"

@@ -73,3 +73,32 @@ def test_regressor(frame):
     pred = reg.predict(df[["image"]])
     assert pred.shape == (60,) and 0 < pred.mean() < 10
     assert reg.score(df[["image"]], y) > 0.5
+
+
+def _small(**kw):
+    return dict(target="label", epochs=2, batch_size=8, lr=0.02, modalities={
+        "image": {"kind": "image", "columns": ["image"],
+                  "encoder": {"name": "small_cnn", "channels": [4, 8], "image_size": 16}},
+        "tabular": {"kind": "tabular", "columns": ["x", "size"], "encoder": "mlp"}}, **kw)
+
+
+def test_estimators_are_scikit_learn_estimators(frame):
+    from sklearn.base import clone, is_classifier, is_regressor
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    from crossfuse.config.schema import Config
+
+    df, root = frame
+    clf = FusionClassifier(**_small(base_dir=str(root)))
+    assert is_classifier(clf) and is_regressor(FusionRegressor()) and not is_classifier(FusionRegressor())
+    params = clf.get_params()
+    assert params["epochs"] == 2 and params["fusion"] == Config().fusion.name  # defaults are the config's own
+    assert FusionClassifier().get_params()["lr"] == Config().train.lr
+    copy = clone(clf).set_params(fusion="gated")
+    assert copy.get_params()["fusion"] == "gated" and clf.get_params()["fusion"] == "concat"
+    X, y = df.drop(columns=["label"]), df["label"].to_numpy()
+    scores = cross_val_score(clf, X, y, cv=2)
+    assert scores.shape == (2,) and scores.mean() > 0.6  # colour and x separate the classes; chance is 0.33
+    search = GridSearchCV(clf, {"fusion": ["concat", "gated"]}, cv=2).fit(X, y)
+    assert search.best_params_["fusion"] in ("concat", "gated") and search.best_score_ > 0.6
+    assert hasattr(search.best_estimator_, "predictor_") and not hasattr(clf, "predictor_")  # clones were fitted
