@@ -26,7 +26,13 @@ def test_demo_command_writes_the_comparison(tmp_path, capsys):
     rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert [r["model"] for r in rows] == ["image only", "text only", "tabular only", "concat fusion",
                                          "weighted fusion"]
-    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    # one epoch on 150 items is a smoke run (accuracy near chance); what can be checked is that the
+    # table reports what each saved run measured, over the 30 held-out items
+    for r in rows:
+        saved = json.loads((tmp_path / "out" / r["model"].replace(" ", "_") / "seed0" / "metrics.json").read_text())
+        assert r["accuracy"] == saved["accuracy"] and saved["n"] == 30
+        assert sum(map(sum, saved["confusion_matrix"])) == 30
+        assert abs(saved["accuracy"] * 30 - round(saved["accuracy"] * 30)) < 1e-9
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 1000
     assert (tmp_path / "out" / "weighted_fusion" / "seed0" / "model" / "model.safetensors").is_file()
     assert "| weighted fusion | image+text+tabular |" in capsys.readouterr().out

@@ -17,7 +17,7 @@ def av_items(tmp_path_factory):
 
 
 def config(manifest, out, fusion):
-    raw = tiny_config(manifest, out, fusion=fusion, epochs=2)
+    raw = tiny_config(manifest, out, fusion=fusion, epochs=4)  # 2 epochs leave attention at chance
     raw["modalities"]["sound"] = {"kind": "audio", "columns": ["sound"], "processor": {"duration": 0.5},
                                   "encoder": {"name": "audio_gru", "hidden": 8, "n_mels": 16}}
     return raw
@@ -29,7 +29,7 @@ def test_fusion_trains_saves_and_reloads(av_items, tmp_path, fusion):
     if fusion == "transformer-seq":
         raw["fusion"].update(sequences=True, mode="crossmodal", dim=8, heads=2, layers=1)
     result = train(parse_config(raw))
-    assert 0 <= result.metrics["accuracy"] <= 1
+    assert result.metrics["accuracy"] > 0.5  # three classes, colour separates them: chance is 1/3
     df = pd.read_csv(av_items)
     before = result.predictor.predict_frame(df, av_items.parent)
     after = Predictor.load(tmp_path / "run" / "model").predict_frame(df, av_items.parent)
