@@ -175,3 +175,17 @@ def test_specaugment_masks_bands_in_training_only():
     masked = enc.frontend(x)
     assert torch.equal(enc.frontend.eval()(x), clean)
     assert (masked == 0).sum() > (clean == 0).sum()
+
+
+def test_an_items_features_do_not_depend_on_its_batch(encoder_and_input):
+    """In eval mode item 0's features are the same alone as in a batch with others (no leakage
+    through padding, normalisation or pooling across items)."""
+    name, enc, x = encoder_and_input
+    enc.eval()
+    first = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
+    if isinstance(x, dict) and "attention_mask" in x:  # alone, the padded width shrinks to its own
+        width = int(first["attention_mask"].sum())
+        first = {k: v[:, :width] for k, v in first.items()}
+    with torch.no_grad():
+        together, alone = enc(x)[0], enc(first)[0]
+    assert torch.allclose(together, alone, atol=1e-4, rtol=1e-4), name
