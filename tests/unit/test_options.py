@@ -113,3 +113,14 @@ def test_index_search_parameters_reach_faiss():
     assert hnsw._faiss.hnsw.efSearch == 99
     exact_scores, _ = VectorIndex(8).add(x).search(x[:5], 3)
     assert np.allclose(exact_scores[:, 0], 1.0, atol=1e-5)  # each vector finds itself first
+
+
+def test_bf16_and_fp32_vectors_never_share_a_cache_namespace():
+    from crossfuse.engine.extract import fingerprint
+    from crossfuse.engine.placement import inference_precision
+
+    enc = ENCODERS.build("small_cnn", channels=[4], image_size=16)
+    proc = ImageProcessor(["image"])
+    proc.configure(enc)
+    assert fingerprint(enc, proc, precision="bf16-mixed") != fingerprint(enc, proc, precision="32-true")
+    assert inference_precision(torch.device("cpu"))[0] == "32-true"

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -25,7 +24,7 @@ from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
 from crossfuse.data.processors.base import stack_present
 from crossfuse.encoders import is_frozen
-from crossfuse.engine.inference import default_device
+from crossfuse.engine.placement import default_device, inference_precision
 from crossfuse.progress import Progress
 from crossfuse.types import Batch, CachedFeatures
 
@@ -33,17 +32,20 @@ log = logging.getLogger(__name__)
 COMMIT_SECONDS = 5.0  # extraction writes what it has at least this often
 
 
-def fingerprint(encoder, processor: Processor, decoder: str = "default") -> str:
-    """Digest of the encoder's identity, its weights, the processor's output-relevant settings and
-    the image decoder (on-device JPEG decoding resizes slightly differently from PIL).
+def fingerprint(encoder, processor: Processor, decoder: str = "default", precision: str = "32-true") -> str:
+    """Digest of the encoder's identity, its weights, the processor's output-relevant settings, the
+    image decoder (on-device JPEG decoding resizes slightly differently from PIL) and the precision
+    the vectors are computed in (bf16 and fp32 vectors differ, so they never share a namespace).
 
     Hashing a large backbone's weights takes a moment, so the weight digest is remembered on the
     encoder together with each tensor's storage and version counter: any in-place change to a
     weight (or a new tensor) bumps those and the weights are hashed again.
     """
-    settings = json.dumps({"encoder": encoder.registry_name, "kwargs": encoder.rebuild_kwargs(),
-                           "processor": processor.cache_settings(), "decoder": decoder},
-                          sort_keys=True, default=str)
+    settings = {"encoder": encoder.registry_name, "kwargs": encoder.rebuild_kwargs(),
+                "processor": processor.cache_settings(), "decoder": decoder}
+    if precision != "32-true":  # fp32 keys stay as they were, so existing caches keep their hits
+        settings["precision"] = precision
+    settings = json.dumps(settings, sort_keys=True, default=str)
     state = sorted(encoder.state_dict().items())
     try:
         stamp = tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in state)
@@ -118,7 +120,8 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
             log.info("Modality %s: frozen encoder but train-time augmentation; not cached", m)
             continue
         on_device = _use_device_decode(proc, df, device, device_decode)
-        namespace = fingerprint(enc, proc, "torchvision.io.decode_jpeg" if on_device else "default")
+        precision, _ = inference_precision(device)
+        namespace = fingerprint(enc, proc, "torchvision.io.decode_jpeg" if on_device else "default", precision)
         store = EmbeddingStore(root, namespace, meta={"encoder": enc.registry_name, "dim": enc.output_dim,
                                                        "kwargs": enc.rebuild_kwargs()})
         bad = {r for r, mod in missing if mod == m}
@@ -157,7 +160,7 @@ def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size
     ds = ManifestDataset(rows, {m: proc}, base_dir, train=False)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=Collator({m: proc}))
     enc = enc.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    _, autocast = inference_precision(device)
     row_ids = rows.index.to_numpy()
     pending_keys: List[str] = []
     pending: List[np.ndarray] = []
@@ -220,7 +223,7 @@ def _extract_jpeg_on_device(enc, proc, m, rows: pd.DataFrame, base_dir, keys, st
     loader = DataLoader(_RawFiles(paths), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=lambda items: items)
     enc = enc.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    _, autocast = inference_precision(device)
     row_ids = rows.index.to_numpy()
     for items in Progress(loader, f"extract {m} (decode on {device.type})", enabled=progress, unit="batch"):
         good, images = [], []

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from crossfuse.engine.placement import default_device  # noqa: F401  (re-exported for callers)
 from crossfuse.progress import Progress
 from crossfuse.types import Batch
 
@@ -34,11 +35,6 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
     return {"logits": cat(logits), "weights": cat(weights), "targets": cat(targets), "index": cat(index),
             "mask": cat(masks)}
-
-
-def default_device() -> torch.device:
-    """The first GPU when there is one, else the CPU (inference and extraction outside the trainer)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

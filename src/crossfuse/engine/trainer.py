@@ -25,6 +25,7 @@ from crossfuse.encoders import is_frozen
 from crossfuse.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossfuse.engine.inference import collect_outputs
 from crossfuse.engine.missing import drop_modalities
+from crossfuse.engine.placement import resolve_precision
 from crossfuse.progress import Progress
 from crossfuse.types import Batch
 
@@ -73,14 +74,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_precision(cfg: TrainConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    if cfg.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 class Trainer:
