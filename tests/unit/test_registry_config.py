@@ -86,3 +86,18 @@ def test_missing_config_file_and_bad_yaml(tmp_path: Path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_every_kind_of_run_is_one_registered_task(tmp_path):
+    import json
+
+    from crossfuse.config.schema import Config, DataConfig
+    from crossfuse.engine import TASKS, FusionTask, RetrievalTask, task_for
+    from crossfuse.engine.run import task_for_model
+
+    assert TASKS.names() == ["fusion", "retrieval"]
+    assert isinstance(task_for(Config(data=DataConfig(task="retrieval"))), RetrievalTask)
+    assert isinstance(task_for(Config()), FusionTask) and task_for(Config()) is not task_for(Config())  # per run
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": {"kind": "retrieval"}}))
+    assert isinstance(task_for_model(tmp_path), RetrievalTask)
+    assert isinstance(task_for_model(tmp_path / "missing"), FusionTask)  # its loader names what is missing

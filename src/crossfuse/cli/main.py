@@ -132,44 +132,23 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cmd_train(args) -> int:
     from crossfuse.config import load_config
-    from crossfuse.engine import train
+    from crossfuse.engine import run_task, task_for
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.data.task == "retrieval":
-        from crossfuse.engine import train_retrieval
-
-        run = train_retrieval(cfg, resume=args.resume)
-        table = {d: {k: round(v[k], 4) for k in ("recall@1", "recall@5", "recall@10")}
-                 for d, v in run.metrics["directions"].items()}
-        print(f"model: {run.model_dir}\nreport: {run.output_dir / 'summary.md'}\ntest: {json.dumps(table)}")
-        return 0
-    result = train(cfg, resume=args.resume)
-    m = result.metrics
-    headline = {k: round(m[k], 4) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse", "r2")
-                if isinstance(m.get(k), float)}
-    print(f"model: {result.model_dir}\nreport: {result.output_dir / 'summary.md'}\ntest: {json.dumps(headline)}")
+    task = task_for(cfg)
+    run = run_task(task, cfg, resume=args.resume)
+    print(f"model: {run.model_dir}\nreport: {run.output_dir / 'summary.md'}\n"
+          f"test: {json.dumps(task.headline(run.metrics))}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from crossfuse.engine import read_and_evaluate
+    from crossfuse.engine.run import task_for_model
 
     out = args.out or args.model.parent / f"eval-{args.manifest.stem}"
-    if _is_retrieval_model(args.model):
-        from crossfuse.engine import Retriever
-        from crossfuse.engine.pipeline import load_table
-
-        retriever = Retriever.load(args.model)
-        retriever.allow_outside_paths = args.allow_outside_paths
-        df, base_dir, file = load_table(_manifest_config(args.manifest))
-        retriever.evaluate_frame(df, base_dir, file, group_column=args.group_column, out_dir=out,
-                                 batch_size=args.batch_size, num_workers=args.num_workers,
-                                 on_bad_item=args.on_bad_item, progress=True, extra={"model": str(args.model), "manifest": str(args.manifest)})
-        print((out / "summary.md").read_text())
-        print(f"report: {out}")
-        return 0
-    m = read_and_evaluate(args.model, args.manifest, out, args.on_bad_item, args.batch_size, args.num_workers,
-                          robustness=args.robustness, allow_outside_paths=args.allow_outside_paths)
+    options = {k: getattr(args, k) for k in ("on_bad_item", "batch_size", "num_workers", "robustness",
+                                             "group_column", "allow_outside_paths")}
+    m = task_for_model(args.model).evaluate_saved(args.model, args.manifest, out, options)
     print((out / "summary.md").read_text())
     print(f"report: {out}")
     return 0 if m else 1
@@ -182,20 +161,6 @@ def cmd_predict(args) -> int:
                               args.num_workers, allow_outside_paths=args.allow_outside_paths)
     print(f"wrote {len(result)} predictions to {args.out}")
     return 0
-
-
-def _is_retrieval_model(model_dir: Path) -> bool:
-    try:
-        meta = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False  # load_model reports what is wrong with the directory
-    return meta.get("architecture", {}).get("kind") == "retrieval"
-
-
-def _manifest_config(manifest: Path):
-    from crossfuse.config.schema import Config, DataConfig
-
-    return Config(data=DataConfig(manifest=str(manifest)))
 
 
 def cmd_index(args) -> int:
@@ -243,26 +208,21 @@ def cmd_search(args) -> int:
 def cmd_validate(args) -> int:
     from crossfuse.config import load_config
     from crossfuse.data import apply_policy
-    from crossfuse.engine.pipeline import load_table, plan_problems, resolve_config, validate_data
+    from crossfuse.engine.run import load_table, plan_problems, task_for, validate_data
 
     cfg = load_config(args.config, args.overrides)
     df, base_dir, file = load_table(cfg)
-    if cfg.data.task == "retrieval":
-        from crossfuse.engine.retrieval import resolve_retrieval_config
-
-        cfg = resolve_retrieval_config(cfg, df, flickr=Path(cfg.data.manifest).is_dir())
-    else:
-        cfg = resolve_config(cfg, df)
+    task = task_for(cfg)
+    cfg = task.resolve(cfg, df, flickr=Path(cfg.data.manifest).is_dir())
     _, problems = validate_data(cfg, df, base_dir, file)
     for m, mc in cfg.modalities.items():
         print(f"modality {m}: {mc.kind} {mc.columns} -> encoder {mc.encoder.name}")
-    head = f"task: retrieval into {cfg.retrieval.embed_dim}-d ({cfg.retrieval.loss})" \
-        if cfg.data.task == "retrieval" else f"fusion: {cfg.fusion.name}; task: {cfg.data.task}"
+    head = task.summary(cfg)
     print(f"{head}; rows: {len(df)}")
     usable = df
     if problems and cfg.data.on_bad_item != "error":
         usable, _ = apply_policy(df, problems, cfg.data.on_bad_item, cfg.data.target)
-    fatal, warnings = plan_problems(cfg, usable, file)
+    fatal, warnings = plan_problems(task, cfg, usable, file)
     for p in warnings:
         print(f"  warning: {p}")
     if fatal:

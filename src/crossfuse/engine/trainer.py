@@ -82,8 +82,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, loss_fn: Optional[torch.nn.Module], metrics_fn: Optional[MetricsFn],
                  monitor: str, higher_is_better: bool, checkpoint_path: Optional[Path] = None,
                  callbacks: Sequence[Any] = (), step_loss: Optional[Callable[[Any, Batch], torch.Tensor]] = None,
-                 evaluate: Optional[Callable[[torch.nn.Module, DataLoader], Dict[str, Any]]] = None):
-        """``step_loss(output, batch)`` and ``evaluate(model, val_loader)`` replace the default
+                 evaluate: Optional[Callable[[torch.nn.Module, DataLoader, torch.device], Dict[str, Any]]] = None):
+        """``step_loss(output, batch)`` and ``evaluate(model, val_loader, device)`` replace the default
         (loss_fn on logits and targets; metrics_fn on collected logits) for other kinds of model."""
         from lightning_fabric import Fabric
 
@@ -144,7 +144,7 @@ class Trainer:
 
     def validate(self, model: torch.nn.Module, loader: DataLoader) -> Dict[str, Any]:
         if self.evaluate is not None:
-            return self.evaluate(model, loader)
+            return self.evaluate(model, loader, self.fabric.device)
         out = collect_outputs(model, loader, self.fabric.device, autocast=self.fabric.autocast())
         logits, targets = torch.from_numpy(out["logits"]), torch.from_numpy(out["targets"])
         metrics = self.metrics_fn(out["logits"], out["targets"])
