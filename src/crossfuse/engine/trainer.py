@@ -155,6 +155,26 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
     def fit(self, model: torch.nn.Module, train_ds: Dataset, val_ds: Optional[Dataset], collate: Callable,
             sample_weights: Optional[torch.Tensor] = None, resume: bool = False) -> TrainResult:
+        """Train for ``cfg.epochs`` (fewer when early stopping says so); the model ends with the
+        weights of its best validation epoch."""
+        run = self._setup(model, train_ds, val_ds, collate, sample_weights)
+        if resume:
+            self._restore(run)
+        result = TrainResult(monitor=self.monitor)
+        for epoch in range(run.state["epoch"], self.cfg.epochs):
+            record = self._train_epoch(run, epoch)
+            if self._end_epoch(run, epoch, record):
+                result.stopped_early = True
+                break
+        if run.state["best_model"] is not None:
+            run.raw_model.load_state_dict(run.state["best_model"], strict=not run.frozen)
+        state = run.state
+        result.history, result.best_epoch, result.best_score = state["history"], state["best_epoch"], \
+            state["best_score"]
+        return result
+
+    def _setup(self, model, train_ds, val_ds, collate, sample_weights) -> "_Run":
+        """Loaders (item order from (seed, epoch) alone), optimizer, schedule, Fabric's wrapping."""
         c, fabric = self.cfg, self.fabric
         seed_all(c.seed)
         sampler = EpochSampler(len(train_ds), c.seed, weights=sample_weights,
@@ -163,94 +183,110 @@ class Trainer:
         train_loader = DataLoader(train_ds, batch_size=c.batch_size, sampler=sampler, **loader_kw)
         val_loader = DataLoader(val_ds, batch_size=c.batch_size, shuffle=False, **loader_kw) \
             if val_ds is not None and len(val_ds) else None
-
-        raw_model = model
         # fully frozen encoders never change: leave them out of checkpoints and best-weight copies
         frozen = [f"encoders.{m}." for m, enc in getattr(model, "encoders", {}).items() if is_frozen(enc)]
-
-        def changing_state() -> Dict[str, torch.Tensor]:
-            return {k: v for k, v in raw_model.state_dict().items() if not k.startswith(tuple(frozen))}
-
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(len(train_loader)))
-        model, optimizer = fabric.setup(model, optimizer)
+        wrapped, optimizer = fabric.setup(model, optimizer)
         if self.loss_fn is not None:
             self.loss_fn = self.loss_fn.to(fabric.device)
-
         state: Dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0,
                                  "history": [], "best_model": None}
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            ckpt = load_checkpoint(self.checkpoint_path)
-            raw_model.load_state_dict(ckpt["model"], strict=not frozen)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            if self.is_main:
-                log.info("Resumed from %s after epoch %d", self.checkpoint_path, state["epoch"])
-        elif resume and self.is_main:
-            log.warning("--resume: no checkpoint at %s; starting from scratch", self.checkpoint_path)
+        return _Run(wrapped, model, optimizer, scheduler, sampler, train_loader, val_loader, frozen, state)
 
-        result = TrainResult(monitor=self.monitor)
-        for epoch in range(state["epoch"], c.epochs):
-            sampler.epoch = epoch
-            seed_all(c.seed * 7919 + epoch + 1)  # dropout, augmentation and worker seeds per epoch
-            model.train()
-            epoch_start = time.perf_counter()
-            total, count = torch.zeros((), device=fabric.device), 0
-            bar = Progress(train_loader, f"epoch {epoch + 1}/{c.epochs}", enabled=c.progress and self.is_main,
-                           unit="batch")
-            for batch in bar:
-                batch = batch.to(fabric.device)
-                rates = self._dropout_rates(batch)
-                if rates:  # the same mask path as inference; only the mask changes
-                    batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index)
-                out = model(batch)
-                loss = self.step_loss(out, batch) if self.step_loss is not None \
-                    else self.loss_fn(out.logits.float(), batch.target)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                if c.grad_clip:
-                    fabric.clip_gradients(model, optimizer, max_norm=c.grad_clip, error_if_nonfinite=False)
-                optimizer.step()
-                scheduler.step()
-                total += loss.detach() * len(batch)
-                count += len(batch)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            train_loss = float(fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
-            seconds = time.perf_counter() - epoch_start  # the training pass only, validation excluded
-            record: Dict[str, float] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                        "lr": optimizer.param_groups[0]["lr"], "train_seconds": seconds,
-                                        "samples_per_s": count * fabric.world_size / seconds}
-            if val_loader is not None:
-                val = self.validate(model, val_loader)
-                record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
-                score = val[self.monitor]
-                if self._improved(score, state["best_score"]):
-                    state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
-                                 best_model=copy.deepcopy(changing_state()))
-                else:
-                    state["bad_epochs"] += 1
-            state["history"].append(record)
-            state["epoch"] = epoch + 1
+    def _restore(self, run: "_Run") -> None:
+        """Continue from the checkpoint: weights, optimizer, schedule and the loop's own state."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             if self.is_main:
-                shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}")
-                log.info("epoch %d/%d: %s", epoch + 1, c.epochs,
-                         ", ".join(f"{k}={record[k]:.4f}" for k in dict.fromkeys(shown) if k in record))
-                if self.checkpoint_path is not None:
-                    save_checkpoint(self.checkpoint_path, {
-                        "model": changing_state(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state})
-            fabric.barrier()
-            for cb in self.callbacks:
-                getattr(cb, "on_epoch_end", lambda *a: None)(self, state)
-            if val_loader is not None and state["bad_epochs"] >= c.early_stopping.patience:
-                result.stopped_early = True
-                if self.is_main:
-                    log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
-                break
+                log.warning("--resume: no checkpoint at %s; starting from scratch", self.checkpoint_path)
+            return
+        ckpt = load_checkpoint(self.checkpoint_path)
+        run.raw_model.load_state_dict(ckpt["model"], strict=not run.frozen)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.state = ckpt["state"]
+        if self.is_main:
+            log.info("Resumed from %s after epoch %d", self.checkpoint_path, run.state["epoch"])
 
-        if state["best_model"] is not None:
-            raw_model.load_state_dict(state["best_model"], strict=not frozen)
-        result.history, result.best_epoch, result.best_score = state["history"], state["best_epoch"], \
-            state["best_score"]
-        return result
+    def _train_epoch(self, run: "_Run", epoch: int) -> Dict[str, float]:
+        """One pass over the training items; returns the epoch's history record."""
+        c, fabric, model = self.cfg, self.fabric, run.model
+        run.sampler.epoch = epoch
+        seed_all(c.seed * 7919 + epoch + 1)  # dropout, augmentation and worker seeds per epoch
+        model.train()
+        start = time.perf_counter()
+        total, count = torch.zeros((), device=fabric.device), 0
+        bar = Progress(run.train_loader, f"epoch {epoch + 1}/{c.epochs}", enabled=c.progress and self.is_main,
+                       unit="batch")
+        for batch in bar:
+            batch = batch.to(fabric.device)
+            rates = self._dropout_rates(batch)
+            if rates:  # the same mask path as inference; only the mask changes
+                batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index)
+            out = model(batch)
+            loss = self.step_loss(out, batch) if self.step_loss is not None \
+                else self.loss_fn(out.logits.float(), batch.target)
+            run.optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if c.grad_clip:
+                fabric.clip_gradients(model, run.optimizer, max_norm=c.grad_clip, error_if_nonfinite=False)
+            run.optimizer.step()
+            run.scheduler.step()
+            total += loss.detach() * len(batch)
+            count += len(batch)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        train_loss = float(fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
+        seconds = time.perf_counter() - start  # the training pass only, validation excluded
+        return {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
+                "train_seconds": seconds, "samples_per_s": count * fabric.world_size / seconds}
+
+    def _end_epoch(self, run: "_Run", epoch: int, record: Dict[str, float]) -> bool:
+        """Validate, keep the best weights, log, checkpoint, call back; True when early stopping says stop."""
+        c, state = self.cfg, run.state
+        if run.val_loader is not None:
+            val = self.validate(run.model, run.val_loader)
+            record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+            score = val[self.monitor]
+            if self._improved(score, state["best_score"]):
+                state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
+                             best_model=copy.deepcopy(run.changing_state()))
+            else:
+                state["bad_epochs"] += 1
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        if self.is_main:
+            shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}")
+            log.info("epoch %d/%d: %s", epoch + 1, c.epochs,
+                     ", ".join(f"{k}={record[k]:.4f}" for k in dict.fromkeys(shown) if k in record))
+            if self.checkpoint_path is not None:
+                save_checkpoint(self.checkpoint_path, {
+                    "model": run.changing_state(), "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "state": state})
+        self.fabric.barrier()
+        for cb in self.callbacks:
+            getattr(cb, "on_epoch_end", lambda *a: None)(self, state)
+        if run.val_loader is not None and state["bad_epochs"] >= c.early_stopping.patience:
+            if self.is_main:
+                log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
+            return True
+        return False
+
+
+@dataclass
+class _Run:
+    """One fit's moving parts: the Fabric-wrapped and the raw model, optimizer, schedule, loaders,
+    the frozen encoders' key prefixes and the loop state a checkpoint holds."""
+
+    model: torch.nn.Module
+    raw_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_loader: Optional[DataLoader]
+    frozen: List[str]
+    state: Dict[str, Any]
+
+    def changing_state(self) -> Dict[str, torch.Tensor]:
+        """The weights that training changes (fully frozen encoders left out)."""
+        return {k: v for k, v in self.raw_model.state_dict().items() if not k.startswith(tuple(self.frozen))}
