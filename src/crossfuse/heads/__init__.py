@@ -18,5 +18,8 @@ class Head(MLP):
         self._init_kwargs = {"hidden": list(hidden), "dropout": dropout}
         self.out_dim = out_dim
 
+    def rebuild_kwargs(self):
+        return dict(self._init_kwargs)
+
 
 __all__ = ["Head"]

@@ -70,7 +70,7 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
     """Encoders (see build_encoders), then the fusion method and the head."""
     encoders = build_encoders(cfg, processors, train_df, base_dir)
     input_dims = {name: e.output_dim for name, e in encoders.items()}
-    if getattr(FUSIONS.get(cfg.fusion.name), "decision_level", False):  # fusion emits the outputs itself
+    if FUSIONS.get(cfg.fusion.name).decision_level:  # the fusion emits the outputs itself
         fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, n_outputs=out_dim, **cfg.fusion.params)
         return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0))
     fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, **cfg.fusion.params)

@@ -32,11 +32,11 @@ class FusionModel(nn.Module):
         """Per-modality features (and, for token-level fusion, sequences) of a batch."""
         sequences: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         features: Dict[str, torch.Tensor] = {}
-        token_level = getattr(self.fusion, "wants_sequences", False)
+        token_level = self.fusion.wants_sequences
         for m, enc in self.encoders.items():
             if isinstance(batch.inputs[m], CachedFeatures):  # read from the embedding cache
                 features[m] = batch.inputs[m].values
-            elif token_level and hasattr(enc, "forward_sequence"):
+            elif token_level and enc.gives_sequences:
                 seq, seq_mask = enc.forward_sequence(batch.inputs[m])
                 sequences[m] = (seq, seq_mask)
                 features[m] = masked_mean(seq, seq_mask, dim=1)
@@ -63,7 +63,7 @@ class FusionModel(nn.Module):
         return {
             "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()} for m, e in self.encoders.items()},
             "fusion": {"name": self.fusion.registry_name, "kwargs": self.fusion.rebuild_kwargs()},
-            "head": {"out_dim": self.head.out_dim, "kwargs": self.head._init_kwargs},
+            "head": {"out_dim": self.head.out_dim, "kwargs": self.head.rebuild_kwargs()},
         }
 
     @classmethod

@@ -70,7 +70,7 @@ class AudioProcessor(FileProcessor):
         return limit(self.params, "sample_rate", 1000, 192_000) + limit(self.params, "duration", 0.01, MAX_DURATION)
 
     def configure(self, encoder: Any) -> None:
-        rate = getattr(encoder, "sample_rate", None)
+        rate = encoder.sample_rate
         if rate:  # the encoder's front-end or pretrained model fixes the rate
             self.params["sample_rate"] = int(rate)
 

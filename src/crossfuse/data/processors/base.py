@@ -75,13 +75,13 @@ class Processor:
         the processor's limits, or fitted state (vocabulary, feature counts) that disagrees with
         what the encoder was built for."""
         problems = self.limit_problems()
-        if getattr(encoder, "provides_tokenizer", False):
+        if encoder.provides_tokenizer:
             return problems
         try:
             mine = self.encoder_kwargs()
         except Exception as exc:  # an incomplete state has nothing to compare
             return problems + [f"incomplete processor state: {type(exc).__name__}: {exc}"]
-        built = encoder.rebuild_kwargs() if hasattr(encoder, "rebuild_kwargs") else {}
+        built = encoder.rebuild_kwargs()
         problems += [f"'{k}' is {mine[k]!r} in the processor but {built[k]!r} in the encoder"
                      for k in mine if k in built and _plain(mine[k]) != _plain(built[k])]
         return problems

@@ -43,7 +43,7 @@ class ImageProcessor(FileProcessor):
     corruptions = {"noise": [0.25, 0.5, 1.0, 2.0], "occlusion": [0.1, 0.25, 0.5, 0.75]}
 
     def configure(self, encoder: Any) -> None:
-        dc = getattr(encoder, "data_config", None) or {}
+        dc = encoder.data_config or {}
         self.params.setdefault("size", int(dc.get("input_size", [3, 224, 224])[-1]))
         self.params.setdefault("mean", list(dc.get("mean", [0.485, 0.456, 0.406])))
         self.params.setdefault("std", list(dc.get("std", [0.229, 0.224, 0.225])))

@@ -65,9 +65,9 @@ class TextProcessor(Processor):
         self._set(tok)
 
     def configure(self, encoder: Any) -> None:
-        if getattr(encoder, "provides_tokenizer", False) and self.tokenizer is None:
+        if encoder.provides_tokenizer and self.tokenizer is None:
             self._set(encoder.tokenizer())
-        if hasattr(encoder, "max_length"):
+        if encoder.max_length is not None:
             self.params["max_length"] = min(int(self.params["max_length"]), int(encoder.max_length))
 
     def _set(self, tok) -> None:
