@@ -39,7 +39,7 @@ def test_documented_defaults_are_the_codes():
 
 
 def test_documented_modality_kinds_are_the_codes():
-    from crossfuse.config.schema import MODALITY_KINDS
+    from crossfuse.data.processors import PROCESSORS
 
     line = next(l for l in DOC.read_text().splitlines() if l.strip().startswith("kind: image "))
-    assert set(re.findall(r"\w+", line.split("#")[1])) == set(MODALITY_KINDS)
+    assert set(re.findall(r"\w+", line.split("#")[1])) == set(PROCESSORS)

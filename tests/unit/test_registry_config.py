@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from crossfuse.config import apply_overrides, load_config, parse_config
+from crossfuse.config.schema import Component, ModalityConfig
 from crossfuse.encoders import ENCODERS
 from crossfuse.errors import ConfigError
 from crossfuse.fusion import FUSIONS
@@ -38,14 +39,20 @@ def minimal(**over):
 
 def test_every_config_problem_is_reported_at_once():
     raw = minimal(train={"epochs": 0, "lr": -1, "optimiser": "sgd", "scheduler": "cosin"}, head={"dropout": 1.5})
-    raw["modalities"]["text"] = {"kind": "txt", "columns": ["a", "b"], "encoder": "gru"}
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     text = str(info.value)
     for expected in ["Unknown key 'train.optimiser'. Did you mean 'optimizer'?",
-                     "'train.scheduler' must be one of none, cosine, step. Got 'cosin'. Did you mean 'cosine'?",
-                     "'modalities.text.kind' must be one of image, text, audio, tabular. Got 'txt'."]:
+                     "'train.scheduler' must be one of none, cosine, step. Got 'cosin'. Did you mean 'cosine'?"]:
         assert expected in text
+    # modality kinds are a registry of the data layer: checked with the components, before any work
+    cfg = parse_config(minimal())
+    cfg.modalities["text"] = ModalityConfig("txt", ["a", "b"], Component("gru"))
+    cfg.modalities["image"].columns = ["a", "b"]
+    problems = component_problems(cfg)
+    assert "'modalities.text.kind' must be one of image, text, audio, tabular. Got 'txt'. Did you mean 'text'?" \
+        in problems
+    assert "'modalities.image.columns' must name exactly one column for a modality of kind image" in problems
     raw = minimal(train={"epochs": 0, "lr": -1}, head={"dropout": 1.5})
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
@@ -101,3 +108,22 @@ def test_every_kind_of_run_is_one_registered_task(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": {"kind": "retrieval"}}))
     assert isinstance(task_for_model(tmp_path), RetrievalTask)
     assert isinstance(task_for_model(tmp_path / "missing"), FusionTask)  # its loader names what is missing
+
+
+def test_a_new_modality_kind_is_its_processor_and_nothing_else(monkeypatch):
+    import pandas as pd
+
+    from crossfuse.data import infer_modalities
+    from crossfuse.data import processors as registry
+    from crossfuse.data.processors.base import FileProcessor
+
+    class VideoProcessor(FileProcessor):
+        kind, default_encoder, extensions, noun = "video", "small_cnn", (".mp4",), "video"
+
+    monkeypatch.setitem(registry.PROCESSORS, "video", VideoProcessor)
+    monkeypatch.setattr(registry, "FILE_KINDS", registry.FILE_KINDS + [VideoProcessor])
+    df = pd.DataFrame({"clip": [f"c{i}.mp4" for i in range(6)], "n": range(6), "label": list("abcabc")})
+    found = infer_modalities(df, ["label"])
+    assert (found["video"].kind, found["video"].columns, found["video"].encoder.name) == ("video", ["clip"],
+                                                                                          "small_cnn")
+    assert found["tabular"].columns == ["n"]

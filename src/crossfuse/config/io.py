@@ -107,8 +107,6 @@ def check_values(cfg: Config) -> List[str]:
             continue
         if not m.columns:
             p.append(f"'modalities.{name}.columns' must name at least one column")
-        if m.kind in ("image", "text", "audio") and m.columns and len(m.columns) != 1:
-            p.append(f"'modalities.{name}.columns' must name exactly one column for a {m.kind} modality")
     checks = [
         (lambda: t.epochs >= 1, f"'train.epochs' must be an int >= 1. Got {t.epochs}."),
         (lambda: t.batch_size >= 1, f"'train.batch_size' must be an int >= 1. Got {t.batch_size}."),

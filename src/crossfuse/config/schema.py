@@ -8,7 +8,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
-MODALITY_KINDS = ("image", "text", "audio", "tabular")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 TASKS = ("auto", "classification", "regression", "retrieval")
 BAD_ITEM_POLICIES = ("error", "skip", "missing")
@@ -51,7 +50,7 @@ class DataConfig:
 
 @dataclass
 class ModalityConfig:
-    kind: Literal["image", "text", "audio", "tabular"]
+    kind: str  # a registered modality kind (crossfuse.data.processors.PROCESSORS): image, text, audio, tabular
     columns: List[str]
     encoder: Optional[Component] = None  # none: the kind's default (small_cnn, gru, audio_cnn, mlp)
     processor: Dict[str, Any] = field(default_factory=dict)

@@ -9,9 +9,6 @@ import pandas as pd
 from crossfuse.config.schema import Component, ModalityConfig
 from crossfuse.errors import ConfigError, DataError, Problem
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
-DEFAULT_ENCODERS = {"image": "small_cnn", "text": "gru", "audio": "audio_cnn", "tabular": "mlp"}
 # columns that hold a split or fold assignment, never a feature, when modalities are inferred
 SPLIT_LIKE = {"split", "fold", "folds", "kfold", "cv_fold", "partition", "subset"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
@@ -123,34 +120,39 @@ def leaking_columns(df: pd.DataFrame, target: str, candidates: List[str]) -> Dic
 def infer_modalities(df: pd.DataFrame, exclude: List[Optional[str]]) -> Dict[str, ModalityConfig]:
     """Guess the modality of every column not in ``exclude``.
 
-    A column of strings ending in an image extension is an image; strings averaging more than
-    three words, or mostly unique, are text; strings ending in an audio extension are audio;
-    everything else (numbers, short repeated strings) joins one tabular modality.
+    A column of strings ending in one of a file kind's extensions (image, audio) is that kind;
+    strings averaging more than three words, or mostly unique, are text; everything else
+    (numbers, short repeated strings) joins one tabular modality. Each gets its kind's default
+    encoder.
     """
-    image_cols, text_cols, audio_cols, tab_cols = [], [], [], []
+    from crossfuse.data.processors import FILE_KINDS, PROCESSORS
+
+    columns: Dict[str, List[str]] = {kind: [] for kind in PROCESSORS}
     for col in df.columns:
         if col in exclude or str(col).lower() in SPLIT_LIKE:
             continue
         values = df[col].dropna()
         if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
-            tab_cols.append(col)
+            columns["tabular"].append(col)
             continue
         strings = values.astype(str)
-        if len(strings) and strings.str.lower().str.endswith(IMAGE_EXTS).mean() > 0.9:
-            image_cols.append(col)
-        elif len(strings) and strings.str.lower().str.endswith(AUDIO_EXTS).mean() > 0.9:
-            audio_cols.append(col)
-        elif len(strings) and (strings.str.split().str.len().mean() > 3 or strings.nunique() > 0.5 * len(strings)):
-            text_cols.append(col)
-        else:
-            tab_cols.append(col)
+        lower = strings.str.lower()
+        kind = next((p.kind for p in FILE_KINDS if len(strings) and lower.str.endswith(p.extensions).mean() > 0.9),
+                    None)
+        if kind is None:
+            free_text = len(strings) and (strings.str.split().str.len().mean() > 3
+                                          or strings.nunique() > 0.5 * len(strings))
+            kind = "text" if free_text else "tabular"
+        columns[kind].append(col)
     modalities: Dict[str, ModalityConfig] = {}
-    for kind, cols in (("image", image_cols), ("text", text_cols), ("audio", audio_cols)):
+    for kind, cols in columns.items():
+        proc = PROCESSORS[kind]
+        if cols and not proc.single_column:  # one modality over all its columns
+            modalities[kind] = ModalityConfig(kind, cols, Component(proc.default_encoder))
+            continue
         for col in cols:
             name = kind if len(cols) == 1 else f"{kind}_{col}"
-            modalities[name] = ModalityConfig(kind, [col], Component(DEFAULT_ENCODERS[kind]))
-    if tab_cols:
-        modalities["tabular"] = ModalityConfig("tabular", tab_cols, Component(DEFAULT_ENCODERS["tabular"]))
+            modalities[name] = ModalityConfig(kind, [col], Component(proc.default_encoder))
     if not modalities:
         raise ConfigError("No input columns found in the manifest besides the target")
     return modalities

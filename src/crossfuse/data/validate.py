@@ -160,4 +160,4 @@ def missing_cells(problems: List[Problem], processors: Mapping[str, Processor]) 
 
     Tabular problems are not among them: a bad numeric cell is imputed, the modality stays.
     """
-    return {(p.row, p.modality) for p in problems if p.modality and processors[p.modality].kind != "tabular"}
+    return {(p.row, p.modality) for p in problems if p.modality and processors[p.modality].missing_when_bad}

@@ -57,7 +57,7 @@ def model_beside(index_dir: Path, meta: Dict[str, Any]) -> Path:
 def _default_gallery(retriever: Retriever) -> str:
     """The first non-text modality (search text for images or audio), else the first."""
     for m in retriever.modalities:
-        if getattr(retriever.processors[m], "kind", "") != "text":
+        if retriever.processors[m].kind != "text":
             return m
     return retriever.modalities[0]
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, usable_rows
-from crossfuse.data.manifest import AUDIO_EXTS, IMAGE_EXTS
+from crossfuse.data.processors import FILE_KINDS
 from crossfuse.data.processors.base import FileProcessor, resolve_path
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.extract import cache_root, with_cache
@@ -93,7 +93,7 @@ class Retriever:
 
     def query_modality(self, query: str) -> str:
         """A path to an existing image or audio file is that modality; anything else is text."""
-        return query_modality(query, {m: getattr(p, "kind", "") for m, p in self.processors.items()})
+        return query_modality(query, {m: p.kind for m, p in self.processors.items()})
 
     def build_index(self, df: pd.DataFrame, base_dir: Path, modality: str, kind: str = "exact",
                     id_column: Optional[str] = None, index: Optional[VectorIndex] = None, batch_size: int = 64,
@@ -179,7 +179,7 @@ class Retriever:
         if not len(gi) or not len(qi):
             return
         picks = qi[np.linspace(0, len(qi) - 1, min(n_queries, len(qi))).astype(int)]
-        kinds = {m: getattr(self.processors[m], "kind", "text") for m in pair}
+        kinds = {m: self.processors[m].kind for m in pair}
         value = lambda m, r: _display_value(df.iloc[r][self.processors[m].columns[0]], base_dir)  # noqa: E731
         queries = []
         for r in picks:
@@ -198,10 +198,9 @@ def query_modality(query: str, kinds: Mapping[str, str]) -> str:
     by_kind = {k: m for m, k in kinds.items()}
     lower = str(query).lower()
     if Path(str(query)).is_file():
-        if lower.endswith(IMAGE_EXTS) and "image" in by_kind:
-            return by_kind["image"]
-        if lower.endswith(AUDIO_EXTS) and "audio" in by_kind:
-            return by_kind["audio"]
+        for proc in FILE_KINDS:  # each file kind knows its extensions
+            if lower.endswith(proc.extensions) and proc.kind in by_kind:
+                return by_kind[proc.kind]
     if "text" not in by_kind:
         raise CrossfuseError(f"'{query}' is not an image or audio file the model can read, and the model has no "
                              "text tower")

@@ -24,7 +24,8 @@ from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Component, Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, duplicate_ids, find_problems,
                             infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest)
-from crossfuse.data.manifest import DEFAULT_ENCODERS, SPLIT_LIKE, leaking_columns
+from crossfuse.data.manifest import SPLIT_LIKE, leaking_columns
+from crossfuse.data.processors import PROCESSORS
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
 from crossfuse.errors import ConfigError, DataError, Problem
@@ -238,8 +239,9 @@ def load_table(cfg: Config) -> Tuple[pd.DataFrame, Path, str]:
 
 def default_encoders(cfg: Config) -> Config:
     """Modalities that name no encoder get their kind's default."""
-    filled = {m: mc if mc.encoder is not None or mc.kind not in DEFAULT_ENCODERS else
-              dataclasses.replace(mc, encoder=Component(DEFAULT_ENCODERS[mc.kind])) for m, mc in cfg.modalities.items()}
+    filled = {m: mc if mc.encoder is not None or mc.kind not in PROCESSORS else
+              dataclasses.replace(mc, encoder=Component(PROCESSORS[mc.kind].default_encoder))
+              for m, mc in cfg.modalities.items()}
     return dataclasses.replace(cfg, modalities=filled)
 
 

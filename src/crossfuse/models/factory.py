@@ -1,6 +1,7 @@
 """Build processors and a FusionModel from a Config; check registry names and parameters first."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -23,9 +24,17 @@ def component_problems(cfg: Config) -> List[str]:
     for name, m in cfg.modalities.items():
         if m is None:
             continue
-        if m.kind in PROCESSORS:
-            problems += [f"modalities.{name}.processor: {p}"
-                         for p in PROCESSORS[m.kind](m.columns or [], **m.processor).limit_problems()]
+        if m.kind not in PROCESSORS:
+            close = difflib.get_close_matches(str(m.kind), list(PROCESSORS), n=1)
+            problems.append(f"'modalities.{name}.kind' must be one of {', '.join(PROCESSORS)}. Got {m.kind!r}."
+                            + (f" Did you mean '{close[0]}'?" if close else ""))
+            continue
+        proc_cls = PROCESSORS[m.kind]
+        if proc_cls.single_column and m.columns and len(m.columns) != 1:
+            problems.append(f"'modalities.{name}.columns' must name exactly one column for a modality of kind "
+                            f"{m.kind}")
+        problems += [f"modalities.{name}.processor: {p}"
+                     for p in proc_cls(m.columns or [], **m.processor).limit_problems()]
         if m.encoder is None:
             continue
         if m.encoder.name not in ENCODERS:

@@ -51,6 +51,8 @@ class AudioProcessor(FileProcessor):
     """
 
     kind = "audio"
+    default_encoder = "audio_cnn"
+    extensions = (".wav", ".flac", ".ogg", ".mp3")
     noun = "audio"
     corruptions = {"noise_snr": [20.0, 10.0, 0.0, -5.0, -10.0]}
 

@@ -19,7 +19,12 @@ class Processor:
     values and a False in the presence mask.
     """
 
+    # what a modality kind is, declared by its processor (the registry of kinds is PROCESSORS):
     kind: str = ""
+    default_encoder: str = ""  # the encoder a modality of this kind gets when its config names none
+    extensions: Tuple[str, ...] = ()  # file kinds: the file name endings that infer a column as this kind
+    single_column: bool = True  # False: one modality over several columns (tabular)
+    missing_when_bad: bool = True  # a bad cell makes the modality missing (False: imputed, the modality stays)
     # corruption name -> strengths for robustness curves, mildest first (see ``corrupt``)
     corruptions: Dict[str, List[float]] = {}
 

@@ -20,6 +20,9 @@ class TabularProcessor(Processor):
     """
 
     kind = "tabular"
+    default_encoder = "mlp"
+    single_column = False
+    missing_when_bad = False  # a bad number is imputed with the column's median
     corruptions = {"noise": [0.25, 0.5, 1.0, 2.0]}
 
     def __init__(self, columns, numeric: Optional[Dict[str, Dict[str, float]]] = None,

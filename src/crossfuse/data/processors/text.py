@@ -22,6 +22,7 @@ class TextProcessor(Processor):
     """
 
     kind = "text"
+    default_encoder = "gru"
     corruptions = {"token_dropout": [0.1, 0.3, 0.5, 0.8]}
 
     def __init__(self, columns, tokenizer_json: Optional[str] = None, **params):
