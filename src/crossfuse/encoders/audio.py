@@ -241,6 +241,11 @@ class FasterWhisperEncoder(Encoder):
         self.sample_rate = 16000
         self.output_dim = int(self._encode_clips(np.full((1, 1600), 1e-3, dtype=np.float32))[0].shape[-1])
 
+    @classmethod
+    def saved_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        # models saved before the window option were trained on features of 30 s windows
+        return {"window": "30s", **kwargs}
+
     def _encode(self, waves: np.ndarray) -> np.ndarray:
         """The encoder over 30 s windows, as Whisper was trained (every clip padded to 1,500 positions)."""
         features = np.stack([self._pad_or_trim(self._whisper.feature_extractor(w)) for w in waves])

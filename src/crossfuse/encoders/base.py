@@ -72,6 +72,12 @@ class Encoder(nn.Module):
         """Class logits from this encoder's output features (see ``class_names``)."""
         raise NotImplementedError(f"{type(self).__name__} has no classifier")
 
+    @classmethod
+    def saved_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """Rebuild kwargs read from a model directory, brought up to date: an option added since the
+        model was saved gets the value that reproduces how it was trained (not today's default)."""
+        return dict(kwargs)
+
     def rebuild_kwargs(self) -> Dict[str, Any]:
         """Constructor kwargs that rebuild this architecture with no external files.
 

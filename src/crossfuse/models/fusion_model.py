@@ -68,7 +68,8 @@ class FusionModel(nn.Module):
 
     @classmethod
     def from_architecture(cls, arch: Dict[str, Any]) -> "FusionModel":
-        encoders = {m: ENCODERS.build(e["name"], **e["kwargs"]) for m, e in arch["encoders"].items()}
+        encoders = {m: ENCODERS.build(e["name"], **ENCODERS.get(e["name"]).saved_kwargs(e["kwargs"]))
+                    for m, e in arch["encoders"].items()}
         fusion = FUSIONS.build(arch["fusion"]["name"], input_dims={m: e.output_dim for m, e in encoders.items()},
                                **arch["fusion"]["kwargs"])
         return cls(encoders, fusion, Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"]))

@@ -126,7 +126,8 @@ class RetrievalModel(nn.Module):
 
     @classmethod
     def from_architecture(cls, arch: Dict[str, Any]) -> "RetrievalModel":
-        encoders = {m: ENCODERS.build(e["name"], **e["kwargs"]) for m, e in arch["encoders"].items()}
+        encoders = {m: ENCODERS.build(e["name"], **ENCODERS.get(e["name"]).saved_kwargs(e["kwargs"]))
+                    for m, e in arch["encoders"].items()}
         return cls(encoders, **arch["retrieval"])
 
 
