@@ -29,30 +29,28 @@ class Progress:
         self.iterable, self.desc, self.unit, self.enabled = iterable, desc, unit, enabled
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.postfix: dict = {}
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            self._bar = tqdm(iterable, desc=desc, total=self.total, leave=leave, unit=unit)
+        # always through tqdm, drawn or not: creating one advances torch's RNG, and runs must keep
+        # the same dropout masks (and so the same numbers) as when every loop had a bar
+        self.terminal = enabled and sys.stderr.isatty()
+        self._bar = tqdm(iterable, desc=desc, total=self.total, leave=leave, unit=unit, disable=not self.terminal)
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = values
-        if self._bar is not None:
+        if self.terminal:
             self._bar.set_postfix(**values)
 
     def __len__(self) -> int:
         return int(self.total or 0)
 
     def __iter__(self) -> Iterator:
-        if self._bar is not None:
+        if self.terminal or not self.enabled:
             yield from self._bar
-            return
-        if not self.enabled:
-            yield from self.iterable
             return
         every, start = _interval(), time.monotonic()
         last, done, logged = start, 0, False
-        for item in self.iterable:
+        for item in self._bar:
             yield item
             done += 1
             now = time.monotonic()

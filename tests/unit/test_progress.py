@@ -53,3 +53,19 @@ def test_thread_settings_reach_the_file_check_pool(monkeypatch, items):
         set_threads(None)
         torch.set_num_threads(before)
     assert seen == [3, 2]  # OMP_NUM_THREADS, then the explicit setting
+
+
+def test_progress_leaves_torchs_rng_where_a_tqdm_loop_left_it():
+    """Runs keep the dropout masks, and so the numbers, they had when every loop had a tqdm bar."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(list(range(10)), batch_size=2)
+    states = []
+    for wrap in (lambda dl: tqdm(dl, disable=True), lambda dl: Progress(dl, "x", enabled=False),
+                 lambda dl: Progress(dl, "x")):
+        torch.manual_seed(1)
+        next(iter(wrap(loader)))
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1]) and torch.equal(states[0], states[2])
