@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from crossfuse.data import read_manifest
+from crossfuse.data.processors import PROCESSORS
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.retriever import Retriever, query_modality
 from crossfuse.errors import CrossfuseError
@@ -77,8 +78,11 @@ def search_index(index_dir: Path, queries: Sequence[str], top: int = 10, modalit
     retriever = Retriever.load(model_dir, modalities=[modality])  # only the query's tower is needed
     hits = retriever.search(index, queries, top, modality)
     if grid is not None:
-        g_kind = kinds.get(index.meta.get("modality"), "text")
-        plot_search_results([{"kind": kinds[modality], "value": q, "results": [{"kind": g_kind, "value": h["value"],
-                                                                               "score": h["score"]} for h in hs]}
+        def look(kind: str) -> Dict[str, str]:  # how the grid draws an item of this kind
+            return {"kind": kind, "tile": PROCESSORS[kind].tile if kind in PROCESSORS else "text"}
+
+        gallery = look(kinds.get(index.meta.get("modality"), "text"))
+        plot_search_results([{**look(kinds[modality]), "value": q,
+                              "results": [{**gallery, "value": h["value"], "score": h["score"]} for h in hs]}
                              for q, hs in zip(queries, hits)], grid, open_image=open_image)
     return hits

@@ -179,14 +179,14 @@ class Retriever:
         if not len(gi) or not len(qi):
             return
         picks = qi[np.linspace(0, len(qi) - 1, min(n_queries, len(qi))).astype(int)]
-        kinds = {m: self.processors[m].kind for m in pair}
+        kinds = {m: {"kind": self.processors[m].kind, "tile": self.processors[m].tile} for m in pair}
         value = lambda m, r: _display_value(df.iloc[r][self.processors[m].columns[0]], base_dir)  # noqa: E731
         queries = []
         for r in picks:
             scores = gv[gi] @ qv[r]
             best = np.argsort(-scores)[:top]
-            queries.append({"kind": kinds[q_mod], "value": value(q_mod, r),
-                            "results": [{"kind": kinds[g_mod], "value": value(g_mod, gi[j]), "score": float(scores[j]),
+            queries.append({**kinds[q_mod], "value": value(q_mod, r),
+                            "results": [{**kinds[g_mod], "value": value(g_mod, gi[j]), "score": float(scores[j]),
                                          "relevant": bool(groups[gi[j]] == groups[r])} for j in best]})
         plot_search_results(queries, path, f"{q_mod} -> {g_mod}: top {top} (green: the query's pair)",
                             open_image=open_image)

@@ -87,14 +87,17 @@ def _open_rgb(path):
         return im.convert("RGB")
 
 
-def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = None,
+def _draw_item(ax, item: Dict, caption: str = "", good: Optional[bool] = None,
                open_image: Optional[Callable] = None) -> None:
-    """One cell of a results grid: an image thumbnail, or wrapped text (audio: its file name)."""
+    """One cell of a results grid, drawn as its modality kind says (``tile``): an image thumbnail,
+    a file's name, or wrapped text."""
     import textwrap
 
+    kind, value = item["kind"], item["value"]
+    tile = item.get("tile") or ("image" if kind == "image" else "text")
     ax.set_xticks([])
     ax.set_yticks([])
-    if kind == "image":
+    if tile == "image":
         try:
             im = (open_image or _open_rgb)(value)
             im.thumbnail((256, 256))
@@ -102,7 +105,7 @@ def _draw_item(ax, kind: str, value, caption: str = "", good: Optional[bool] = N
         except (OSError, ValueError):
             ax.text(0.5, 0.5, "(unreadable)", ha="center", va="center", fontsize=8)
     else:
-        text = f"[audio] {Path(str(value)).name}" if kind == "audio" else str(value)
+        text = f"[{kind}] {Path(str(value)).name}" if tile == "file" else str(value)
         ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 22)[:6]), ha="center", va="center", fontsize=8,
                 transform=ax.transAxes)
     ax.set_xlabel(caption, fontsize=7)
@@ -116,7 +119,8 @@ def plot_search_results(queries: Sequence[Dict], path: str | Path, title: str = 
                         open_image: Optional[Callable] = None) -> None:
     """A grid: one row per query (first column) followed by its top results, best first.
 
-    Each query is ``{"kind", "value", "results": [{"kind", "value", "score", "relevant"?}, ...]}``;
+    Each query is ``{"kind", "tile"?, "value", "results": [{"kind", "tile"?, "value", "score",
+    "relevant"?}, ...]}`` (tile: image, file or text, as the modality kind's processor says);
     results marked relevant get a green frame, others red (no frame when unknown). ``open_image``
     turns an image path into an RGB PIL image (default: PIL's own conversion); pass the image
     processor's reader to show images as the model saw them.
@@ -125,14 +129,13 @@ def plot_search_results(queries: Sequence[Dict], path: str | Path, title: str = 
     cols = 1 + max((len(q["results"]) for q in queries), default=0)
     fig, axes = plt.subplots(len(queries), cols, figsize=(1.9 * cols, 2.1 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
-        _draw_item(axes[r][0], q["kind"], q["value"], "query", open_image=open_image)
+        _draw_item(axes[r][0], q, "query", open_image=open_image)
         axes[r][0].set_facecolor("#eef3fb")
         for c in range(1, cols):
             ax = axes[r][c]
             if c - 1 < len(q["results"]):
                 hit = q["results"][c - 1]
-                _draw_item(ax, hit["kind"], hit["value"], f"#{c}  {hit['score']:.3f}", hit.get("relevant"),
-                           open_image)
+                _draw_item(ax, hit, f"#{c}  {hit['score']:.3f}", hit.get("relevant"), open_image)
             else:
                 ax.axis("off")
     if title:

@@ -52,6 +52,7 @@ class AudioProcessor(FileProcessor):
 
     kind = "audio"
     default_encoder = "audio_cnn"
+    tile = "file"
     extensions = (".wav", ".flac", ".ogg", ".mp3")
     noun = "audio"
     corruptions = {"noise_snr": [20.0, 10.0, 0.0, -5.0, -10.0]}

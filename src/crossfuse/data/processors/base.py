@@ -25,6 +25,7 @@ class Processor:
     extensions: Tuple[str, ...] = ()  # file kinds: the file name endings that infer a column as this kind
     single_column: bool = True  # False: one modality over several columns (tabular)
     missing_when_bad: bool = True  # a bad cell makes the modality missing (False: imputed, the modality stays)
+    tile: str = "text"  # how a results grid draws an item: image (a thumbnail), file (its name) or text
     # corruption name -> strengths for robustness curves, mildest first (see ``corrupt``)
     corruptions: Dict[str, List[float]] = {}
 

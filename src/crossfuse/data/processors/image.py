@@ -40,6 +40,7 @@ class ImageProcessor(FileProcessor):
 
     kind = "image"
     default_encoder = "small_cnn"
+    tile = "image"
     extensions = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
     noun = "image"
     corruptions = {"noise": [0.25, 0.5, 1.0, 2.0], "occlusion": [0.1, 0.25, 0.5, 0.75]}
