@@ -1,4 +1,5 @@
-"""Write files and directories so that readers see the old one or the new one, never half of either."""
+"""Write files and directories so that readers see the old one or the new one, never half of
+either; read back JSON with an error that names the file."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,19 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or a CrossfuseError naming the file (never a bare JSONDecodeError)."""
+    import json
+
+    from crossfuse.errors import CrossfuseError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CrossfuseError(f"{path} cannot be read as JSON: {exc}") from exc
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

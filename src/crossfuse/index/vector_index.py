@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from crossfuse.atomic import atomic_directory
+from crossfuse.atomic import atomic_directory, read_json
 from crossfuse.errors import ConfigError, CrossfuseError
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class VectorIndex:
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise CrossfuseError(f"{path} is not a crossfuse index (no {META_FILE}); build one with `crossfuse index`")
-        meta = _read_json(path / META_FILE)
+        meta = read_json(path / META_FILE)
         problems = meta_problems(meta)
         if problems:
             raise CrossfuseError(f"{path / META_FILE} cannot be loaded:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -192,7 +192,7 @@ class VectorIndex:
         if backend == "faiss" and not faiss_available():
             raise CrossfuseError(f"{path} was built with FAISS ({meta['kind']}): pip install 'crossfuse[index]'")
         index = cls(meta["dim"], meta["kind"], backend=backend, **meta["params"])
-        index.ids = _read_json(path / IDS_FILE)
+        index.ids = read_json(path / IDS_FILE)
         if not isinstance(index.ids, list):
             raise CrossfuseError(f"{path / IDS_FILE} must hold a list of ids")
         index.meta = meta
@@ -218,13 +218,6 @@ class VectorIndex:
         if len(index.ids) != (index._faiss.ntotal if index._faiss is not None else len(index._vectors)):
             raise CrossfuseError(f"{path}: {IDS_FILE} and the stored vectors disagree in length; rebuild the index")
         return index
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CrossfuseError(f"{path} cannot be read as JSON: {exc}") from exc
 
 
 def meta_problems(meta: Any) -> List[str]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from crossfuse.atomic import atomic_directory
+from crossfuse.atomic import atomic_directory, read_json
 from crossfuse.encoders import ENCODERS, rebuild_problems
 from crossfuse.errors import CrossfuseError
 from crossfuse.fusion import FUSIONS
@@ -41,14 +41,6 @@ def save_model(path: str | Path, model: nn.Module, processors: Mapping[str, Any]
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / PROCESSORS_FILE).write_text(json.dumps({m: p.state() for m, p in processors.items()}))
     return Path(path)
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or a CrossfuseError naming the file."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CrossfuseError(f"{path} cannot be read as JSON: {exc}") from exc
 
 
 def load_model(path: str | Path, map_location: str = "cpu", modalities: Optional[Sequence[str]] = None):
