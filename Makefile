@@ -52,6 +52,7 @@ benchmarks: install-bench data/tuxpaint/manifest.csv data/av_digits/manifest.csv
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/train_cached.py
 	$(PY) benchmarks/missing_modalities.py
+	$(PY) benchmarks/shift.py
 	$(PY) benchmarks/streaming_memory.py
 	$(PY) benchmarks/retrieval_tuxpaint.py --seeds 0 1 2
 	$(PY) benchmarks/search_latency.py
@@ -62,6 +63,7 @@ espeak-ng:
 
 benchmark-missing: install data/av_digits/manifest.csv
 	$(PY) benchmarks/missing_modalities.py
+	$(PY) benchmarks/shift.py
 
 benchmark-memory: install
 	$(PY) benchmarks/streaming_memory.py

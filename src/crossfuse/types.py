@@ -66,3 +66,5 @@ class ModelOutput:
     fused: torch.Tensor
     weights: Optional[torch.Tensor] = None
     features: Dict[Modality, torch.Tensor] = field(default_factory=dict)
+    trust: Optional[torch.Tensor] = None  # (batch, n_modalities): how typical each modality's features are
+    mask: Optional[Dict[Modality, torch.Tensor]] = None  # the presence mask fusion used (after any trust gate)

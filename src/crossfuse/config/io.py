@@ -124,6 +124,8 @@ def check_values(cfg: Config) -> List[str]:
         (lambda: 0 <= cfg.data.split.val_size < 1, f"'data.split.val_size' must be in [0, 1). Got {cfg.data.split.val_size}."),
         (lambda: 0 <= cfg.data.split.test_size < 1, f"'data.split.test_size' must be in [0, 1). Got {cfg.data.split.test_size}."),
         (lambda: cfg.data.split.val_size + cfg.data.split.test_size < 1, "'data.split.val_size' + 'data.split.test_size' must be < 1."),
+        (lambda: 0 < cfg.trust.alpha < 1, f"'trust.alpha' must be in (0, 1). Got {cfg.trust.alpha}."),
+        (lambda: cfg.trust.max_removed >= 1, f"'trust.max_removed' must be >= 1. Got {cfg.trust.max_removed}."),
     ]
     p += [msg for ok, msg in checks if not _safe(ok)]
     rates = t.modality_dropout if isinstance(t.modality_dropout, dict) else {"": t.modality_dropout}

@@ -103,6 +103,20 @@ class TrainConfig:
 
 
 @dataclass
+class TrustConfig:
+    """Knowing when a present modality should not be believed, and calibrated probabilities
+    (fusion models; fitted after training, saved with the model; see crossfuse.models.trust)."""
+
+    ood: bool = True  # fit each modality's feature statistics (train) and reference scores (val)
+    # at prediction, remove a present modality whose trust (a p-value) is below alpha through the
+    # presence mask; about alpha of in-distribution items lose a modality this way
+    gate: bool = True
+    alpha: float = 0.01
+    max_removed: int = 1  # the gate removes at most this many modalities per item, least trusted first
+    temperature: bool = True  # classification: fit temperature scaling on the validation split
+
+
+@dataclass
 class CacheConfig:
     enabled: bool = True  # frozen encoders' outputs are computed once and read from disk after
     dir: Optional[str] = None  # default: $CROSSFUSE_CACHE or ~/.cache/crossfuse/embeddings
@@ -148,6 +162,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     output_dir: str = "runs/latest"
 

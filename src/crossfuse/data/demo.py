@@ -10,6 +10,7 @@ Each view alone is ambiguous by construction, so fusion has something to win:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,22 +87,25 @@ def speak(text: str, path: Path, voice: str, rate: int, pitch: int) -> None:
 
 
 def build_av_digits(out_dir: str | Path, seed: int = 0, snr_db: tuple = (-10.0, 0.0), seconds: float = 1.5,
-                    limit: int | None = None) -> Path:
+                    limit: int | None = None, voices: Sequence[str] = VOICES, variants: Sequence[str] = VARIANTS,
+                    image_noise: float = 0.2, occlusion: float = 0.3) -> Path:
     """The digits demo with a spoken view: each digit's word said by espeak-ng in one of 28 voices
-    at a random rate and pitch, placed at a random offset in a 1.5 s clip with white noise at a
-    random SNR in ``snr_db`` (so hearing alone is not enough either). Columns: id, image, caption,
-    audio, label. Deterministic for a seed."""
+    (``voices`` x ``variants``) at a random rate and pitch, placed at a random offset in a 1.5 s
+    clip with white noise at a random SNR in ``snr_db`` (so hearing alone is not enough either).
+    Columns: id, image, caption, audio, label. Deterministic for a seed: two sets built with the
+    same seed and different voices (or image noise) hold the same items, labels, captions and
+    splits, with only that view changed, which is how benchmarks/shift.py shifts one modality."""
     from concurrent.futures import ThreadPoolExecutor
 
     import soundfile as sf
 
     out_dir = Path(out_dir)
-    manifest = build_digits_demo(out_dir, seed=seed, limit=limit)
+    manifest = build_digits_demo(out_dir, seed=seed, limit=limit, noise=image_noise, occlusion=occlusion)
     df = pd.read_csv(manifest).drop(columns=["remainder", "loops"])
     rng = np.random.default_rng(seed + 1)
     (out_dir / "clean").mkdir(exist_ok=True)
     (out_dir / "audio").mkdir(exist_ok=True)
-    takes = [(int(d), VOICES[rng.integers(len(VOICES))] + VARIANTS[rng.integers(len(VARIANTS))],
+    takes = [(int(d), voices[rng.integers(len(voices))] + variants[rng.integers(len(variants))],
               int(rng.integers(120, 230)), int(rng.integers(25, 75))) for d in df["label"]]
     unique = sorted(set(takes))
 

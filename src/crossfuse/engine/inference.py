@@ -16,10 +16,11 @@ from crossfuse.types import Batch
 @torch.inference_mode()
 def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                     progress: bool = False, desc: str = "predict") -> Dict[str, Optional[np.ndarray]]:
-    """Logits, modality weights (if the fusion has them), presence masks, targets and item indices."""
+    """Logits, modality weights (if the fusion has them), presence masks (``mask``: the items' own;
+    ``used``: what fusion used, after any trust gate), trust (once fitted), targets and item indices."""
     was_training = model.training
     model.eval()
-    logits, weights, targets, index, masks = [], [], [], [], []
+    logits, weights, targets, index, masks, used, trust = [], [], [], [], [], [], []
     for batch in Progress(loader, desc, enabled=progress, unit="batch"):
         batch: Batch = batch.to(device)
         with autocast or nullcontext():
@@ -31,10 +32,14 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
             targets.append(batch.target.cpu())
         index.append(batch.index.cpu())
         masks.append(torch.stack([batch.mask[m].cpu() for m in sorted(batch.mask)], 1))
+        effective = getattr(out, "mask", None) or batch.mask
+        used.append(torch.stack([effective[m].bool().cpu() for m in sorted(effective)], 1))
+        if getattr(out, "trust", None) is not None:
+            trust.append(out.trust.float().cpu())
     model.train(was_training)
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
     return {"logits": cat(logits), "weights": cat(weights), "targets": cat(targets), "index": cat(index),
-            "mask": cat(masks)}
+            "mask": cat(masks), "used": cat(used), "trust": cat(trust)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

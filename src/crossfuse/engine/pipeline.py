@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 import crossfuse
 from crossfuse.atomic import atomic_write
@@ -19,6 +20,7 @@ from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.run import (TASKS, RunContext, RunResult, RunTask, default_encoders, infer_roles,  # noqa: F401
                                   load_table, plan_problems, run_task, validate_data)
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
+from crossfuse.engine.trust import fit_trust, sample_rows
 from crossfuse.errors import ConfigError, Problem
 from crossfuse.models import build_model, component_problems
 
@@ -66,8 +68,15 @@ class FusionTask(RunTask):
         return self._sample_weights
 
     def after_fit(self, ctx: RunContext, model, result):
-        return model, {"fusion": ctx.cfg.fusion.name, "modalities": ", ".join(ctx.cfg.modalities),
-                       "monitor": self.monitor}
+        fields = {"fusion": ctx.cfg.fusion.name, "modalities": ", ".join(ctx.cfg.modalities), "monitor": self.monitor}
+        cfg = ctx.cfg
+        loaders = []
+        for part in ("train", "val"):
+            rows = sample_rows(ctx.splits[part], cfg.train.seed)
+            loaders.append(DataLoader(ctx.dataset(rows, self.targets(ctx, rows), False), batch_size=cfg.train.batch_size,
+                                      shuffle=False, collate_fn=self.collator(ctx)) if len(rows) else None)
+        fields.update(fit_trust(model, cfg.trust, loaders[0], loaders[1], self.spec.kind == "classification"))
+        return model, fields
 
     def runner(self, ctx: RunContext, model) -> Predictor:
         cfg = ctx.cfg

@@ -16,6 +16,8 @@ from crossfuse.engine.inference import collect_outputs, default_device, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
 from crossfuse.engine.task import TaskSpec
+from crossfuse.engine.trust import shift_report, trust_columns
+from crossfuse.metrics.calibration import calibration
 from crossfuse.metrics import plot_robustness
 from crossfuse.models import FusionModel, load_model, save_model
 
@@ -100,6 +102,8 @@ class Predictor:
         if out["weights"] is not None:
             for j, m in enumerate(self.model.fusion.modalities):
                 result[f"weight_{m}"] = out["weights"][:, j]
+        for name, values in trust_columns(out, self.model.fusion.modalities).items():
+            result[name] = values
         return result
 
     def evaluate_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>",
@@ -117,6 +121,10 @@ class Predictor:
         self.model.to(self.device)
         out = collect_outputs(self.model, loader, self.device, progress=progress)
         metrics = self.task.metrics(out["logits"], out["targets"])
+        temperature = self.temperature
+        if self.task.kind == "classification" and temperature != 1.0 and len(out["targets"]):
+            metrics["temperature"] = temperature
+            metrics["ece_without_temperature"] = calibration(out["targets"], softmax(out["logits"] * temperature))["ece"]
         mods = list(self.model.fusion.modalities)
         if out["weights"] is not None:  # mean weight each modality got, over items that had it
             w, m = out["weights"], out["mask"]  # both in the fusion's (sorted) modality order
@@ -127,6 +135,10 @@ class Predictor:
             metrics["attribution"] = {"shapley_mean": shap["mean"], "shapley_share": shap["mean_abs_share"],
                                       "explains": "probability of the predicted class" if
                                       self.task.kind == "classification" else "standardised prediction"}
+        name = "accuracy" if self.task.kind == "classification" else "rmse"
+        shift = shift_report(self.model, loader, self.device, self.task.metrics, name) if len(kept) else None
+        if shift is not None:
+            metrics["shift"] = shift
         if robustness:
             metrics["robustness"], curves = self._robustness(loader)
             if out_dir is not None:
@@ -137,6 +149,11 @@ class Predictor:
             write_report(Path(out_dir), metrics, self.task.labels, history=history, monitor=monitor, title=title,
                          extra=extra)
         return metrics
+
+    @property
+    def temperature(self) -> float:
+        trust = getattr(self.model, "trust", None)
+        return 1.0 if trust is None else float(trust.temperature)
 
     def _robustness(self, loader: DataLoader):
         name = "accuracy" if self.task.kind == "classification" else "rmse"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from crossfuse.atomic import atomic_write
-from crossfuse.metrics import plot_confusion_matrix, plot_training_curves
+from crossfuse.metrics import plot_confusion_matrix, plot_reliability, plot_training_curves
 
 
 def write_report(out_dir: Path, metrics: Dict[str, Any], labels: Optional[List[str]],
@@ -23,6 +23,9 @@ def write_report(out_dir: Path, metrics: Dict[str, Any], labels: Optional[List[s
     if labels and "confusion_matrix" in metrics:
         files["confusion"] = out_dir / "confusion_matrix.png"
         plot_confusion_matrix(metrics["confusion_matrix"], labels, files["confusion"])
+    if metrics.get("reliability"):
+        files["reliability"] = out_dir / "reliability.png"
+        plot_reliability(metrics["reliability"], files["reliability"], metrics["ece"])
     atomic_write(files["summary"], summary_text(metrics, labels, title, extra))
     return files
 
@@ -39,7 +42,9 @@ def summary_text(metrics: Dict[str, Any], labels: Optional[List[str]], title: st
                 "mae", "rmse", "r2"]
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {metrics[k]:.4f} |" for k in headline if isinstance(metrics.get(k), float)]
+    lines += calibration_section(metrics)
     lines += modality_sections(metrics)
+    lines += shift_section(metrics.get("shift"))
     if labels and "per_class" in metrics:
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         for label in labels:
@@ -72,4 +77,38 @@ def modality_sections(metrics: Dict[str, Any]) -> List[str]:
         lines += ["", f"| modality | corruption | strength | {metric} |", "|---|---|---|---|"]
         lines += [f"| {r['modality']} | {r['corruption']} | {r['strength']} | {r[metric]:.4f} |" for r in rob["corrupted"]]
         lines += ["", "![robustness](robustness.png)"]
+    return lines
+
+
+def calibration_section(metrics: Dict[str, Any]) -> List[str]:
+    if not isinstance(metrics.get("ece"), float):
+        return []
+    lines = ["", "## Calibration", "", f"Expected calibration error (15 bins): {metrics['ece']:.4f}"]
+    if "ece_without_temperature" in metrics:
+        lines[-1] += (f"; {metrics['ece_without_temperature']:.4f} without the temperature "
+                      f"(T = {metrics['temperature']:.3f}, fitted on validation)")
+    return lines + ["", "![reliability](reliability.png)"]
+
+
+def shift_section(shift: Optional[Dict[str, Any]]) -> List[str]:
+    """Each modality's trust on the evaluated items against the training data, and what the
+    trust gate and removing the modality do to the metric."""
+    if not shift:
+        return []
+    metric = shift["metric"]
+    lines = ["", "## Trust and shift", "",
+             f"Trust is a modality's p-value among validation items (uniform on (0, 1] in distribution); "
+             f"below alpha = {shift['alpha']} a modality is flagged"
+             + (" and removed through the presence mask." if shift["gate"] else " (the gate is off)."), "",
+             f"{metric}: plain model {shift['plain']:.4f}, trust-aware {shift['trust_aware']:.4f}", "",
+             f"| modality | items | mean trust | flagged | median OOD score (held-out reference) | {metric} without it |",
+             "|---|---|---|---|---|---|"]
+    for m, r in shift["modalities"].items():
+        if not r["fitted"]:
+            lines.append(f"| {m} | {r['items']} | - | - | not fitted | - |")
+            continue
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        lines.append(f"| {m} | {r['items']} | {fmt(r['mean_trust'], '.3f')} | {fmt(r['flagged_share'], '.1%')} | "
+                     f"{fmt(r['median_ood_score'], '.1f')} ({r['reference_median_ood_score']:.1f}) | "
+                     f"{r[f'{metric}_removed']:.4f} |")
     return lines

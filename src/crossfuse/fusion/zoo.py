@@ -1,4 +1,4 @@
-"""The stronger fusion methods from the literature: gated, tensor, low-rank, transformer, late."""
+"""The stronger fusion methods from the literature: gated, tensor, low-rank, transformer, late, trusted."""
 from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Tuple
@@ -255,3 +255,68 @@ class LateFusion(Fusion):
         w = w.to(logits.dtype).unsqueeze(0) * self.stacked_mask(mask).to(logits.dtype)
         w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(logits.dtype).tiny)
         return FusionOutput((w.unsqueeze(2) * logits).sum(1), weights=w)
+
+
+def ds_combine(belief: torch.Tensor, uncertainty: torch.Tensor, present: torch.Tensor):
+    """Dempster-Shafer combination of per-modality subjective opinions (Han et al., "Trusted
+    Multi-View Classification", ICLR 2021, eq. 4), one modality at a time.
+
+    ``belief`` (B, n, K) and ``uncertainty`` (B, n) with belief.sum(-1) + uncertainty = 1;
+    ``present`` (B, n) bool. An absent modality is the vacuous opinion (belief 0, uncertainty 1),
+    which leaves the combination unchanged. Two opinions combine as
+    b = (b1 b2 + b1 u2 + b2 u1) / (1 - C), u = u1 u2 / (1 - C), with conflict
+    C = sum_{i != j} b1_i b2_j. Returns the combined (belief (B, K), uncertainty (B,)).
+    """
+    keep = present.to(belief.dtype)
+    b_all = belief * keep.unsqueeze(2)
+    u_all = uncertainty * keep + (1 - keep)
+    b, u = b_all[:, 0], u_all[:, 0]
+    tiny = torch.finfo(belief.dtype).tiny
+    for i in range(1, belief.shape[1]):
+        b2, u2 = b_all[:, i], u_all[:, i]
+        conflict = b.sum(1) * b2.sum(1) - (b * b2).sum(1)
+        scale = (1 - conflict).clamp_min(tiny)
+        b = (b * b2 + b * u2.unsqueeze(1) + b2 * u.unsqueeze(1)) / scale.unsqueeze(1)
+        u = u * u2 / scale
+    return b, u
+
+
+@FUSIONS.register("trusted")
+class TrustedFusion(Fusion):
+    """Evidential late fusion (Trusted Multi-View Classification, Han et al., ICLR 2021).
+
+    Each modality's head gives non-negative evidence e_m = softplus(head_m(x_m)) for the K classes,
+    the parameters of a Dirichlet alpha_m = e_m + 1: belief b_m = e_m / S_m and uncertainty
+    u_m = K / S_m with S_m = sum(alpha_m). The opinions are combined by Dempster's rule
+    (``ds_combine``), so a modality with little evidence, or one that conflicts with confident
+    others, moves the result little. The output is log(alpha) of the combined Dirichlet: its
+    softmax is the Dirichlet's expected class probabilities, so cross-entropy trains it.
+    Weights report each present modality's share of confidence (1 - u_m). Classification only.
+    """
+
+    decision_level = True
+
+    def __init__(self, input_dims: Mapping[str, int], n_outputs: int, hidden: int = 64, dropout: float = 0.0):
+        super().__init__(input_dims)
+        _check_int("TrustedFusion", "n_outputs", n_outputs, low=2)
+        self._init_kwargs = dict(n_outputs=n_outputs, hidden=hidden, dropout=dropout)
+        self.heads = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), MLP(d, [hidden], out_dim=n_outputs,
+                                                                           dropout=dropout))
+                                    for m, d in self.input_dims.items()})
+        self.output_dim = n_outputs
+
+    def opinions(self, features):
+        """Per-modality (belief (B, n, K), uncertainty (B, n))."""
+        evidence = torch.stack([nn.functional.softplus(self.heads[m](features[m])) for m in self.modalities], 1)
+        strength = evidence.sum(2) + self.output_dim
+        return evidence / strength.unsqueeze(2), self.output_dim / strength
+
+    def forward(self, features, mask) -> FusionOutput:
+        present = self.stacked_mask(mask)
+        belief, uncertainty = self.opinions(features)
+        b, u = ds_combine(belief, uncertainty, present)
+        tiny = torch.finfo(b.dtype).tiny
+        alpha = b * (self.output_dim / u.clamp_min(tiny)).unsqueeze(1) + 1  # e = b S, S = K / u
+        confidence = (1 - uncertainty) * present.to(b.dtype)
+        w = confidence / confidence.sum(1, keepdim=True).clamp_min(tiny)
+        return FusionOutput(alpha.log(), weights=w)

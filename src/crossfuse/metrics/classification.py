@@ -6,9 +6,12 @@ from typing import Any, Dict, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from crossfuse.metrics.calibration import calibration
+
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
-    """Accuracy, precision/recall/F1 (macro, micro, weighted), ROC-AUC, confusion matrix, per-class report.
+    """Accuracy, precision/recall/F1 (macro, micro, weighted), ROC-AUC, expected calibration error
+    with its reliability table, confusion matrix, per-class report.
 
     ``y_true`` holds class indices into ``labels``; ``proba`` is (n, n_classes).
     """
@@ -20,6 +23,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequen
         p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=idx, average=avg, zero_division=0)
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
     out["roc_auc"] = _roc_auc(y_true, proba, idx)
+    out.update(calibration(y_true, proba))
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=idx).tolist()
     report = skm.classification_report(y_true, y_pred, labels=idx, target_names=[str(l) for l in labels],
                                        zero_division=0, output_dict=True)

@@ -1,4 +1,4 @@
-"""Plots people would rather look at than read: training curves and confusion matrices."""
+"""Plots people would rather look at than read: training curves, confusion matrices, reliability."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,6 +75,27 @@ def plot_robustness(curves: Dict[str, List[tuple]], baseline: float, path: str |
            title=f"Robustness: {metric} as each modality degrades")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(table: Sequence[Dict], path: str | Path, ece: float, title: str = "Reliability") -> None:
+    """Accuracy against confidence per confidence bin (bar width = bin, darker = more items); the
+    diagonal is perfect calibration."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    total = max(1, sum(r["n"] for r in table))
+    for r in table:
+        ax.bar(r["low"], r["accuracy"], width=r["high"] - r["low"], align="edge", color="tab:blue",
+               alpha=0.25 + 0.75 * r["n"] / total, edgecolor="tab:blue")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
+    ax.plot([r["confidence"] for r in table], [r["accuracy"] for r in table], marker="o", color="tab:red",
+            label="mean confidence per bin")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+           title=f"{title} (ECE {ece:.3f})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,23 +10,27 @@ from crossfuse.encoders import ENCODERS, Encoder
 from crossfuse.fusion import FUSIONS, Fusion
 from crossfuse.heads import Head
 from crossfuse.layers import masked_mean
+from crossfuse.models.trust import Trust
 from crossfuse.types import Batch, CachedFeatures, ModelOutput
 
 
 class Encoded(NamedTuple):
     features: Dict[str, torch.Tensor]
     sequences: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]]
+    trust: Optional[torch.Tensor] = None  # (B, n_modalities) once the model has fitted trust
 
 
 class FusionModel(nn.Module):
-    """Composes encoders, a fusion method and a head; nothing else."""
+    """Composes encoders, a fusion method and a head; after training, ``trust`` (models.trust) may
+    gate untrusted modalities out of the mask and calibrate the logits."""
 
-    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head):
+    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head, trust: Optional[Trust] = None):
         super().__init__()
         # sorted: parameter order (and so optimizer state) must not depend on the config's key order
         self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
         self.fusion = fusion
         self.head = head
+        self.trust = trust
 
     def encode(self, batch: Batch) -> Encoded:
         """Per-modality features (and, for token-level fusion, sequences) of a batch."""
@@ -42,17 +46,24 @@ class FusionModel(nn.Module):
                 features[m] = masked_mean(seq, seq_mask, dim=1)
             else:
                 features[m] = enc(batch.inputs[m])
-        return Encoded(features, sequences if token_level else None)
+        trust = self.trust.scores(features) if self.trust is not None else None
+        return Encoded(features, sequences if token_level else None, trust)
 
-    def fuse(self, encoded: Encoded, mask: Mapping[str, torch.Tensor]) -> ModelOutput:
+    def fuse(self, encoded: Encoded, mask: Mapping[str, torch.Tensor], gate: Optional[bool] = None) -> ModelOutput:
         """Fusion and head for given features and presence mask; encoders are not rerun, so
-        what-if questions (a modality removed) cost one fusion pass each."""
+        what-if questions (a modality removed) cost one fusion pass each. ``gate`` overrides the
+        trust's own setting (False: the plain model; True: untrusted modalities removed)."""
+        if encoded.trust is not None and (self.trust.gate_on if gate is None else gate):
+            mask = self.trust.gate(encoded.trust, mask)
         if encoded.sequences is not None:
             fused = self.fusion(encoded.features, mask, sequences=encoded.sequences)
         else:
             fused = self.fusion(encoded.features, mask)
-        return ModelOutput(logits=self.head(fused.fused), fused=fused.fused, weights=fused.weights,
-                           features=encoded.features)
+        logits = self.head(fused.fused)
+        if self.trust is not None:
+            logits = self.trust.calibrate(logits)
+        return ModelOutput(logits=logits, fused=fused.fused, weights=fused.weights, features=encoded.features,
+                           trust=encoded.trust, mask=mask)
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.fuse(self.encode(batch), batch.mask)
@@ -64,6 +75,7 @@ class FusionModel(nn.Module):
             "encoders": {m: {"name": e.registry_name, "kwargs": e.rebuild_kwargs()} for m, e in self.encoders.items()},
             "fusion": {"name": self.fusion.registry_name, "kwargs": self.fusion.rebuild_kwargs()},
             "head": {"out_dim": self.head.out_dim, "kwargs": self.head.rebuild_kwargs()},
+            **({"trust": self.trust.architecture()} if self.trust is not None else {}),
         }
 
     @classmethod
@@ -72,4 +84,5 @@ class FusionModel(nn.Module):
                     for m, e in arch["encoders"].items()}
         fusion = FUSIONS.build(arch["fusion"]["name"], input_dims={m: e.output_dim for m, e in encoders.items()},
                                **arch["fusion"]["kwargs"])
-        return cls(encoders, fusion, Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"]))
+        trust = Trust.from_architecture(arch["trust"]) if arch.get("trust") else None
+        return cls(encoders, fusion, Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"]), trust)

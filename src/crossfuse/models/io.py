@@ -102,6 +102,39 @@ def architecture_problems(arch: Dict[str, Any]) -> List[str]:
         problems += [f"fusion: {p}" for p in FUSIONS.check_kwargs(fusion["name"], fusion["kwargs"])]
     if not isinstance(head, dict) or not isinstance(head.get("kwargs"), dict):
         problems.append("head: missing or not a mapping")
+    if arch.get("trust") is not None:
+        problems += [f"trust: {p}" for p in trust_problems(arch["trust"], set(arch["encoders"]))]
+    return problems
+
+
+TRUST_LIMITS = {"dim": 65536, "rank": 4096, "centers": 100_000, "reference": 10_000_000}
+
+
+def trust_problems(trust: Any, modalities: set) -> List[str]:
+    """Types and sizes of a saved model's trust statistics, checked before they are allocated."""
+    if not isinstance(trust, dict) or not isinstance(trust.get("modalities"), dict):
+        return ["must be a mapping with 'modalities'"]
+    problems = []
+    alpha = trust.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        problems.append(f"'alpha' must be a number in (0, 1). Got {alpha!r}.")
+    if not isinstance(trust.get("gate"), bool):
+        problems.append(f"'gate' must be true or false. Got {trust.get('gate')!r}.")
+    removed = trust.get("max_removed")
+    if isinstance(removed, bool) or not isinstance(removed, int) or not 1 <= removed <= 1024:
+        problems.append(f"'max_removed' must be an integer in [1, 1024]. Got {removed!r}.")
+    if set(trust["modalities"]) != modalities:
+        problems.append(f"'modalities' must name the model's modalities ({', '.join(sorted(modalities))})")
+    for m, sizes in trust["modalities"].items():
+        if sizes is None:
+            continue
+        if not isinstance(sizes, dict) or set(sizes) != set(TRUST_LIMITS):
+            problems.append(f"{m}: must give {', '.join(TRUST_LIMITS)}")
+            continue
+        for key, top in TRUST_LIMITS.items():
+            v = sizes[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                problems.append(f"{m}.{key} must be an integer in [1, {top:,}]. Got {v!r}.")
     return problems
 
 
