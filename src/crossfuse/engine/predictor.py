@@ -17,8 +17,7 @@ from crossfuse.engine.missing import modality_shapley, robustness_outputs
 from crossfuse.engine.report import write_report
 from crossfuse.engine.task import TaskSpec
 from crossfuse.engine.trust import shift_report, trust_columns
-from crossfuse.metrics.calibration import calibration
-from crossfuse.metrics import plot_robustness
+from crossfuse.metrics import calibration, plot_robustness
 from crossfuse.models import FusionModel, load_model, save_model
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from crossfuse.config.schema import TrustConfig
 from crossfuse.engine.inference import collect_outputs, softmax
-from crossfuse.metrics.calibration import calibration
+from crossfuse.metrics import calibration
 from crossfuse.models.trust import Trust
 from crossfuse.types import Batch
 
