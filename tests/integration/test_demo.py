@@ -24,11 +24,14 @@ def test_demo_command_writes_the_comparison(tmp_path, capsys):
     assert main(["-q", "demo", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), "--epochs", "1",
                  "--fusions", "concat,weighted"]) == 0
     rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    linear = [f"logistic regression, {m}" for m in ("image only", "text only", "tabular only", "all modalities")]
     assert [r["model"] for r in rows] == ["image only", "text only", "tabular only", "concat fusion",
-                                         "weighted fusion"]
+                                         "weighted fusion"] + linear
     # one epoch on 150 items is a smoke run (accuracy near chance); what can be checked is that the
     # table reports what each saved run measured, over the 30 held-out items
-    for r in rows:
+    first = json.loads((tmp_path / "out" / "concat_fusion" / "seed0" / "metrics.json").read_text())
+    assert [r["accuracy"] for r in rows[-4:]] == [v["test"] for v in first["baseline"]["rows"].values()]
+    for r in rows[:-4]:
         saved = json.loads((tmp_path / "out" / r["model"].replace(" ", "_") / "seed0" / "metrics.json").read_text())
         assert r["accuracy"] == saved["accuracy"] and saved["n"] == 30
         assert sum(map(sum, saved["confusion_matrix"])) == 30
@@ -48,9 +51,11 @@ def test_compare_over_seeds(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(tiny_config(manifest, tmp_path / "run", epochs=1)))
     assert main(["-q", "compare", str(cfg), "--seeds", "0", "1", "--fusions", "late,gated"]) == 0
     rows = json.loads((tmp_path / "run-compare" / "comparison.json").read_text())
-    assert [r["model"] for r in rows] == ["image only", "tabular only", "text only", "late fusion", "gated fusion"]
-    assert all(len(r["runs"]) == 2 and r["accuracy_std"] >= 0 for r in rows)
-    assert "mean +- std over 2 seeds" in capsys.readouterr().out
+    assert [r["model"] for r in rows[:5]] == ["image only", "tabular only", "text only", "late fusion", "gated fusion"]
+    assert all(len(r["runs"]) == 2 and r["accuracy_std"] >= 0 and r["val_accuracy"] is not None for r in rows[:5])
+    assert all(r["baseline"] for r in rows[5:]) and len(rows) == 9
+    out = capsys.readouterr().out
+    assert "mean +- std over 2 seeds" in out and "Picked on validation: " in out
     kept = tmp_path / "run-compare" / "late_fusion" / "seed1"
     assert (kept / "metrics.json").is_file() and (kept / "history.json").is_file()  # small, always kept
     assert not (kept / "model").exists()  # models only with --save-runs

@@ -99,6 +99,9 @@ class TrainConfig:
     # retrieval: after early stopping chose the epoch count on the validation split, train a fresh
     # model on train + val for that many epochs (small pair sets gain from the extra pairs)
     refit: bool = False
+    # fusion models: fit logistic/ridge regression on each modality's features and on all of them
+    # (frozen encoders' outputs, else the raw inputs) and report it beside the model
+    baseline: bool = True
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

@@ -16,6 +16,7 @@ import crossfuse
 from crossfuse.atomic import atomic_write
 from crossfuse.config.schema import Config
 from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
+from crossfuse.engine.baseline import linear_baseline
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.run import (TASKS, RunContext, RunResult, RunTask, default_encoders, infer_roles,  # noqa: F401
                                   load_table, plan_problems, run_task, validate_data)
@@ -87,18 +88,40 @@ class FusionTask(RunTask):
     def final_evaluation(self, ctx: RunContext, runner: Predictor, part: str, out_dir: Optional[Path], history,
                          extra: Dict[str, Any]) -> Dict[str, Any]:
         cfg = ctx.cfg
-        return runner.evaluate_frame(
+        baseline = self.baseline(ctx, runner.model, part, history, extra.get("best_epoch")) if cfg.train.baseline else None
+        metrics = runner.evaluate_frame(
             ctx.splits[part], ctx.base_dir, ctx.file, on_bad_item="missing", batch_size=cfg.train.batch_size,
             check_files=False, known_missing=ctx.missing, out_dir=out_dir, history=history, monitor=self.monitor,
-            title=f"crossfuse: {cfg.fusion.name} fusion of {', '.join(cfg.modalities)}", extra=extra)
+            title=f"crossfuse: {cfg.fusion.name} fusion of {', '.join(cfg.modalities)}",
+            extra={**extra, "baseline": baseline} if baseline else extra)
+        if baseline:
+            metrics["baseline"] = baseline
+        return metrics
+
+    def baseline(self, ctx: RunContext, model, part: str, history, best_epoch: Optional[int]) -> Dict[str, Any]:
+        """The linear baseline on the same items and features (engine.baseline), and the model's own
+        validation score at its best epoch beside it."""
+        cfg, loaders = ctx.cfg, {}
+        for name, split in (("train", "train"), ("val", "val"), ("test", part)):
+            rows = sample_rows(ctx.splits[split], cfg.train.seed)  # at most 20,000 items per part
+            loaders[name] = DataLoader(ctx.dataset(rows, self.targets(ctx, rows), False), batch_size=cfg.train.batch_size,
+                                       collate_fn=self.collator(ctx)) if len(rows) else None
+        report = linear_baseline(model, ctx.processors, self.spec, loaders, cfg.train.seed)
+        record = history[best_epoch - 1] if history and best_epoch else {}
+        report["model_val"] = record.get(f"val_{report['metric']}")
+        return report
 
 
     def summary(self, cfg: Config) -> str:
         return f"fusion: {cfg.fusion.name}; task: {cfg.data.task}"
 
     def headline(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse", "r2")
-                if isinstance(metrics.get(k), float)}
+        out = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse", "r2")
+               if isinstance(metrics.get(k), float)}
+        linear = (metrics.get("baseline") or {}).get("rows", {}).get("all modalities", {}).get("test")
+        if linear is not None:
+            out[f"linear_baseline_{metrics['baseline']['metric']}"] = round(linear, 4)
+        return out
 
     def evaluate_saved(self, model_dir: Path, manifest: Path, out_dir: Path, options: Dict[str, Any]) -> Dict:
         return read_and_evaluate(model_dir, manifest, out_dir, options["on_bad_item"], options["batch_size"],

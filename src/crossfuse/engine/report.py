@@ -45,6 +45,7 @@ def summary_text(metrics: Dict[str, Any], labels: Optional[List[str]], title: st
     lines += calibration_section(metrics)
     lines += modality_sections(metrics)
     lines += shift_section(metrics.get("shift"))
+    lines += baseline_section(metrics, (extra or {}).get("baseline"))
     if labels and "per_class" in metrics:
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         for label in labels:
@@ -111,4 +112,22 @@ def shift_section(shift: Optional[Dict[str, Any]]) -> List[str]:
         lines.append(f"| {m} | {r['items']} | {fmt(r['mean_trust'], '.3f')} | {fmt(r['flagged_share'], '.1%')} | "
                      f"{fmt(r['median_ood_score'], '.1f')} ({r['reference_median_ood_score']:.1f}) | "
                      f"{r[f'{metric}_removed']:.4f} |")
+    return lines
+
+
+def baseline_section(metrics: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -> List[str]:
+    """The model beside a linear model on the same items (crossfuse.engine.baseline)."""
+    if not baseline:
+        return []
+    metric = baseline["metric"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = ["", "## Linear baseline", "",
+             f"{baseline['model'].capitalize()} on each modality's features (a frozen encoder's output, else the "
+             f"raw input) and on all of them, strength chosen on {baseline['chosen_on']}; the model's validation "
+             "score is at its best epoch. Items: " + ", ".join(f"{k} {v}" for k, v in baseline.get("items", {}).items())
+             + " (at most 20,000 per split).", "",
+             f"| model | val {metric} | evaluated {metric} |", "|---|---|---|",
+             f"| this model | {fmt(baseline.get('model_val'))} | {fmt(metrics.get(metric))} |"]
+    for name, r in baseline["rows"].items():
+        lines.append(f"| {baseline['model']}, {name} | {fmt(r.get('val'))} | {fmt(r.get('test'))} |")
     return lines

@@ -139,6 +139,15 @@ class AudioProcessor(FileProcessor):
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows the worker's torch seed
         return torch.from_numpy(self.waveform(wave, train, np.random.default_rng(seed)))
 
+    def linear_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Log power in 64 frequency bands, its mean and standard deviation over 32 ms frames."""
+        window = max(16, int(self.params["sample_rate"] * 0.032))
+        spec = torch.stft(inputs.float(), n_fft=window, hop_length=window // 2, window=torch.hann_window(window),
+                          return_complex=True).abs().pow(2)  # (N, freq, frames)
+        bands = torch.nn.functional.adaptive_avg_pool1d(spec.transpose(1, 2), 64).transpose(1, 2)
+        logs = torch.log(bands + 1e-10)
+        return torch.cat([logs.mean(-1), logs.std(-1)], dim=1)
+
     def corrupt(self, inputs: torch.Tensor, name: str, strength: float, generator: torch.Generator) -> torch.Tensor:
         """noise_snr: white noise at ``strength`` dB SNR relative to each clip's power."""
         if name != "noise_snr":

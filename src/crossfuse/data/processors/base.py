@@ -59,6 +59,12 @@ class Processor:
         """Collated ``inputs`` with corruption ``name`` applied at ``strength`` (robustness tests)."""
         raise NotImplementedError(f"{type(self).__name__} has no corruption {name!r}")
 
+    def linear_features(self, inputs: Any) -> torch.Tensor:
+        """(N, d) float features of collated ``inputs`` for the linear baseline that every fusion
+        report shows (crossfuse.engine.baseline): here the raw input, flattened."""
+        tensors = inputs.values() if isinstance(inputs, dict) else [inputs]
+        return torch.cat([t.float().flatten(1) for t in tensors], dim=1)
+
     def content_key(self, row: Dict[str, Any], base_dir: Path) -> Optional[str]:
         """A digest of the item's content for the embedding cache; None when it has none."""
         return None

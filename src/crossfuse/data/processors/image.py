@@ -111,6 +111,11 @@ class ImageProcessor(FileProcessor):
         size = self.params["size"]
         return stack_present(items, (3, size, size))
 
+    def linear_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The pixels, average-pooled to at most 32 x 32 per channel."""
+        side = min(32, int(inputs.shape[-1]))
+        return torch.nn.functional.adaptive_avg_pool2d(inputs.float(), side).flatten(1)
+
     def corrupt(self, inputs: torch.Tensor, name: str, strength: float, generator: torch.Generator) -> torch.Tensor:
         """noise: Gaussian noise of std ``strength`` in normalised units; occlusion: a random square
         covering ``strength`` of the image set to 0 (the mean colour after normalisation)."""

@@ -94,6 +94,15 @@ class TabularProcessor(Processor):
                 cat[r] = torch.from_numpy(x["categorical"])
         return {"numeric": num, "categorical": cat}, mask
 
+    def linear_features(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The standardised numbers and a one-hot block per categorical column (0: unknown; ids of
+        columns with more than 255 values folded into 256 bins)."""
+        blocks = [inputs["numeric"].float()]
+        for c, vocab in enumerate(self.categorical_vocab.values()):
+            width = min(len(vocab) + 1, 256)
+            blocks.append(torch.nn.functional.one_hot(inputs["categorical"][:, c] % width, width).float())
+        return torch.cat(blocks, dim=1)
+
     def corrupt(self, inputs: Dict[str, torch.Tensor], name: str, strength: float,
                 generator: torch.Generator) -> Dict[str, torch.Tensor]:
         """noise: Gaussian noise of std ``strength`` on the standardised numerics, and each category

@@ -11,6 +11,7 @@ from crossfuse.data.processors.base import CellProblem, Processor, is_blank, lim
 
 PAD, UNK = "[PAD]", "[UNK]"
 MAX_TOKENS = 8192  # the longest max_length a model may ask for
+LINEAR_BINS = 2048  # bag-of-tokens width of the linear baseline's text features
 CHARS_PER_TOKEN = 64  # a text is cut to max_length * this many characters before tokenizing
 
 
@@ -113,6 +114,14 @@ class TextProcessor(Processor):
             input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention[r, : len(seq)] = 1
         return {"input_ids": input_ids, "attention_mask": attention}, mask
+
+    def linear_features(self, inputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bag of tokens: log(1 + count) per token id, ids folded into LINEAR_BINS bins (the word-level
+        vocabulary numbers words by frequency, so the most frequent words keep a bin each)."""
+        ids, attention = inputs["input_ids"], inputs["attention_mask"].float()
+        counts = torch.zeros(ids.shape[0], LINEAR_BINS)
+        counts.scatter_add_(1, ids % LINEAR_BINS, attention)
+        return torch.log1p(counts)
 
     def corrupt(self, inputs: Dict[str, torch.Tensor], name: str, strength: float,
                 generator: torch.Generator) -> Dict[str, torch.Tensor]:
