@@ -28,10 +28,11 @@ def config(manifest, out, frozen, **opts):
     return raw
 
 
-@pytest.mark.parametrize("optimizer,frozen", [("adamw", False), ("sgd", False), ("adamw", True)])
-def test_resume_matches_uninterrupted(tmp_path, optimizer, frozen):
+@pytest.mark.parametrize("optimizer,frozen,ema", [("adamw", False, None), ("sgd", False, None), ("adamw", True, None),
+                                                  ("adamw", False, 0.9)])
+def test_resume_matches_uninterrupted(tmp_path, optimizer, frozen, ema):
     manifest = make_items(tmp_path / "data", n=40)
-    opts = dict(epochs=4, optimizer=optimizer, warmup_epochs=1.0, early_stopping={"patience": 10})
+    opts = dict(epochs=4, optimizer=optimizer, warmup_epochs=1.0, early_stopping={"patience": 10}, ema=ema)
     full = train(parse_config(config(manifest, tmp_path / "full", frozen, **opts)))
 
     raw = config(manifest, tmp_path / "cut", frozen, **opts)

@@ -67,6 +67,7 @@ class EarlyStoppingConfig:
     metric: Optional[str] = None  # None: f1_macro for classification, rmse for regression
     patience: int = 5
     min_delta: float = 0.0
+    min_epochs: int = 0  # never stop before this many epochs
 
 
 @dataclass
@@ -83,6 +84,10 @@ class TrainConfig:
     step_size: int = 10  # step scheduler: epochs between decays
     gamma: float = 0.1
     grad_clip: Optional[float] = 1.0
+    label_smoothing: float = 0.0  # classification: share of each target spread over all classes
+    # an exponential moving average of the weights (decay per step, e.g. 0.999), used for
+    # validation, early stopping and the saved model; null: the weights as trained
+    ema: Optional[float] = None
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
     seed: int = 0
     class_weights: Literal["none", "balanced"] = "none"

@@ -62,7 +62,8 @@ class FusionTask(RunTask):
 
     def trainer_options(self, ctx: RunContext) -> Dict[str, Any]:
         class_weights, self._sample_weights = _balancing(ctx.cfg, self.spec, self.targets(ctx, ctx.splits["train"]))
-        return {"loss_fn": self.spec.loss(class_weights), "metrics_fn": self.spec.metrics, "monitor": self.monitor,
+        return {"loss_fn": self.spec.loss(class_weights, ctx.cfg.train.label_smoothing),
+                "metrics_fn": self.spec.metrics, "monitor": self.monitor,
                 "higher_is_better": self.monitor in HIGHER_IS_BETTER}
 
     def sample_weights(self, ctx: RunContext):

@@ -54,9 +54,9 @@ class TaskSpec:
             return np.array([index[label_str(v)] for v in target.tolist()], dtype=np.int64)
         return ((target.astype(float).to_numpy() - self.mean) / self.std).astype(np.float32)[:, None]
 
-    def loss(self, class_weights: Optional[torch.Tensor] = None) -> torch.nn.Module:
+    def loss(self, class_weights: Optional[torch.Tensor] = None, label_smoothing: float = 0.0) -> torch.nn.Module:
         if self.kind == "classification":
-            return torch.nn.CrossEntropyLoss(weight=class_weights)
+            return torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         return torch.nn.MSELoss()
 
     def metrics(self, logits: np.ndarray, encoded_targets: np.ndarray) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ run resumed from the checkpoint of epoch k ends with the same weights as one nev
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -168,6 +169,8 @@ class Trainer:
                 break
         if run.state["best_model"] is not None:
             run.raw_model.load_state_dict(run.state["best_model"], strict=not run.frozen)
+        elif run.state.get("ema") is not None:  # no validation split: the average at the last step
+            run.raw_model.load_state_dict(run.state["ema"], strict=not run.frozen)
         state = run.state
         result.history, result.best_epoch, result.best_score = state["history"], state["best_epoch"], \
             state["best_score"]
@@ -192,7 +195,10 @@ class Trainer:
             self.loss_fn = self.loss_fn.to(fabric.device)
         state: Dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0,
                                  "history": [], "best_model": None}
-        return _Run(wrapped, model, optimizer, scheduler, sampler, train_loader, val_loader, frozen, state)
+        run = _Run(wrapped, model, optimizer, scheduler, sampler, train_loader, val_loader, frozen, state)
+        if c.ema is not None:  # the average starts at the initial weights; it is part of the loop state
+            state.update(ema={k: v.detach().clone() for k, v in run.changing_state().items()}, ema_steps=0)
+        return run
 
     def _restore(self, run: "_Run") -> None:
         """Continue from the checkpoint: weights, optimizer, schedule and the loop's own state."""
@@ -205,6 +211,10 @@ class Trainer:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
         run.state = ckpt["state"]
+        if self.cfg.ema is not None and run.state.get("ema") is None:
+            if self.is_main:
+                log.warning("--resume: the checkpoint has no weight average (train.ema); it starts now")
+            run.state.update(ema={k: v.detach().clone() for k, v in run.changing_state().items()}, ema_steps=0)
         if self.is_main:
             log.info("Resumed from %s after epoch %d", self.checkpoint_path, run.state["epoch"])
 
@@ -232,6 +242,8 @@ class Trainer:
                 fabric.clip_gradients(model, run.optimizer, max_norm=c.grad_clip, error_if_nonfinite=False)
             run.optimizer.step()
             run.scheduler.step()
+            if c.ema is not None:
+                update_ema(run.state, run.changing_state(), c.ema)
             total += loss.detach() * len(batch)
             count += len(batch)
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -244,14 +256,15 @@ class Trainer:
         """Validate, keep the best weights, log, checkpoint, call back; True when early stopping says stop."""
         c, state = self.cfg, run.state
         if run.val_loader is not None:
-            val = self.validate(run.model, run.val_loader)
-            record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
-            score = val[self.monitor]
-            if self._improved(score, state["best_score"]):
-                state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
-                             best_model=copy.deepcopy(run.changing_state()))
-            else:
-                state["bad_epochs"] += 1
+            with run.averaged():  # with train.ema, validation and the kept weights are the average's
+                val = self.validate(run.model, run.val_loader)
+                record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float))})
+                score = val[self.monitor]
+                if self._improved(score, state["best_score"]):
+                    state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0,
+                                 best_model=copy.deepcopy(run.changing_state()))
+                else:
+                    state["bad_epochs"] += 1
         state["history"].append(record)
         state["epoch"] = epoch + 1
         if self.is_main:
@@ -265,7 +278,8 @@ class Trainer:
         self.fabric.barrier()
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(self, state)
-        if run.val_loader is not None and state["bad_epochs"] >= c.early_stopping.patience:
+        if (run.val_loader is not None and state["bad_epochs"] >= c.early_stopping.patience
+                and epoch + 1 >= c.early_stopping.min_epochs):
             if self.is_main:
                 log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
             return True
@@ -290,3 +304,33 @@ class _Run:
     def changing_state(self) -> Dict[str, torch.Tensor]:
         """The weights that training changes (fully frozen encoders left out)."""
         return {k: v for k, v in self.raw_model.state_dict().items() if not k.startswith(tuple(self.frozen))}
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model holds the weights' moving average inside the block (when there is one), and its
+        training weights again after."""
+        if self.state.get("ema") is None:
+            yield
+            return
+        trained = {k: v.detach().clone() for k, v in self.changing_state().items()}
+        self.raw_model.load_state_dict(self.state["ema"], strict=not self.frozen)
+        try:
+            yield
+        finally:
+            self.raw_model.load_state_dict(trained, strict=not self.frozen)
+
+
+def update_ema(state: Dict[str, Any], weights: Dict[str, torch.Tensor], decay: float) -> None:
+    """One step of the weights' exponential moving average: ``ema = d * ema + (1 - d) * w`` with
+    ``d = min(decay, (1 + t) / (10 + t))`` at step t, so early steps are not dominated by the
+    initial weights. Integer buffers (batch-norm counters) are copied."""
+    t = state["ema_steps"]
+    d = min(decay, (1 + t) / (10 + t))
+    with torch.no_grad():
+        for k, avg in state["ema"].items():
+            w = weights[k].detach()
+            if avg.is_floating_point():
+                avg.mul_(d).add_(w.to(avg.device, avg.dtype), alpha=1 - d)
+            else:
+                avg.copy_(w.to(avg.device))
+    state["ema_steps"] = t + 1
