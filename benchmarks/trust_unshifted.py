@@ -3,8 +3,8 @@
 For each data set, fusion method and seed this trains the model as `crossfuse train` does (trust
 and temperature fitted after training, the defaults) and reads, on the test split, the accuracy of
 the plain model (trust gate off) and of the trust-aware model (the default), the share of items
-that lost a modality to the gate, and the expected calibration error without and with the
-temperature. (AV-digits with seen voices is the `unshifted` row of benchmarks/shift.py.)
+each modality is flagged on (trust below alpha; the gate removes at most one per item), and the
+expected calibration error without and with the temperature. (AV-digits with seen voices is the `unshifted` row of benchmarks/shift.py.)
 
     python benchmarks/trust_unshifted.py                       # demo and tuxpaint, 3 fusions, seeds 0 1 2
     python benchmarks/trust_unshifted.py --sets demo --fusions concat --seeds 0
@@ -14,6 +14,7 @@ Tux Paint needs `make tuxpaint` and `python benchmarks/datasets/tuxpaint.py data
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from crossfuse.config import load_config
+from crossfuse.config.schema import Component
 from crossfuse.data.demo import build_digits_demo
 from crossfuse.engine import train
 
@@ -46,8 +48,10 @@ def main() -> None:
         config, overrides = SETS[name]
         for fusion in args.fusions:
             for seed in args.seeds:
-                cfg = load_config(config, overrides + [f"fusion.name={fusion}", f"train.seed={seed}",
-                                                       "train.progress=false"])
+                cfg = load_config(config, overrides + [f"train.seed={seed}", "train.progress=false",
+                                                       "train.baseline=false"])
+                params = dict(cfg.fusion.params) if fusion == cfg.fusion.name else {}  # the base method's own
+                cfg = dataclasses.replace(cfg, fusion=Component(fusion, params))
                 m = train(cfg, save=False).metrics
                 add = lambda key, v: results.setdefault((name, fusion, key), []).append(v)  # noqa: E731
                 add("plain", m["shift"]["plain"])
@@ -56,6 +60,8 @@ def main() -> None:
                 add("ece_raw", m.get("ece_without_temperature", m["ece"]))
                 add("ece", m["ece"])
                 add("temperature", m.get("temperature", 1.0))
+                shares = [r["flagged_share"] for r in m["shift"]["modalities"].values() if r.get("flagged_share") is not None]
+                add("flagged", float(np.mean(shares)) if shares else 0.0)
             print(f"{name} {fusion} done ({time.perf_counter() - start:.0f} s)", flush=True)
 
     def cell(key, fmt=".4f"):
@@ -64,12 +70,12 @@ def main() -> None:
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; seeds "
           f"{args.seeds} (mean +- std over seeds); total {time.perf_counter() - start:.0f} s")
-    print("\n| data | fusion | plain model | trust-aware | change | ECE without T | ECE with T | T |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| data | fusion | plain model | trust-aware | change | flagged per modality | ECE without T | ECE with T | T |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.sets:
         for fusion in args.fusions:
             k = lambda key: (name, fusion, key)  # noqa: E731
-            print(f"| {name} | {fusion} | {cell(k('plain'))} | {cell(k('trust'))} | {cell(k('change'), '+.4f')} | "
+            print(f"| {name} | {fusion} | {cell(k('plain'))} | {cell(k('trust'))} | {cell(k('change'), '+.4f')} | {cell(k('flagged'), '.3f')} | "
                   f"{cell(k('ece_raw'))} | {cell(k('ece'))} | {cell(k('temperature'), '.3f')} |")
 
 
