@@ -189,3 +189,13 @@ def test_trust_off_leaves_the_model_as_trained(tmp_path):
     assert "trust" not in json.loads((tmp_path / "run" / "model" / "config.json").read_text())["architecture"]
     assert not any(c.startswith("trust_") for c in result.predictor.predict_frame(pd.read_csv(manifest),
                                                                                   manifest.parent).columns)
+
+
+def test_gate_auto_is_on_only_for_models_trained_with_modality_dropout():
+    from crossfuse.config.schema import TrustConfig
+    from crossfuse.engine.trust import gate_setting
+
+    assert gate_setting(TrustConfig(), 0.0) is False
+    assert gate_setting(TrustConfig(), 0.3) is True
+    assert gate_setting(TrustConfig(), {"image": 0.2, "text": 0.0}) is True
+    assert gate_setting(TrustConfig(gate=True), 0.0) is True and gate_setting(TrustConfig(gate=False), 0.3) is False

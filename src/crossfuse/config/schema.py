@@ -117,8 +117,9 @@ class TrustConfig:
 
     ood: bool = True  # fit each modality's feature statistics (train) and reference scores (val)
     # at prediction, remove a present modality whose trust (a p-value) is below alpha through the
-    # presence mask; about alpha of in-distribution items lose a modality this way
-    gate: bool = True
+    # presence mask; about alpha of in-distribution items lose a modality this way. auto: on when
+    # the model trained with modality dropout (so it has learnt to do without a modality), else off
+    gate: Union[bool, Literal["auto"]] = "auto"
     alpha: float = 0.01
     max_removed: int = 1  # the gate removes at most this many modalities per item, least trusted first
     temperature: bool = True  # classification: fit temperature scaling on the validation split
@@ -296,5 +297,10 @@ def _component(value: Any, path: str, problems: List[str]) -> Optional[Component
 
 def _describe(tp: Any) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    names = [getattr(a, "__name__", str(a)) for a in args]
+    names = []
+    for a in args:
+        if typing.get_origin(a) is Literal:
+            names += [repr(v) for v in typing.get_args(a)]
+        else:
+            names.append({bool: "true or false"}.get(a, getattr(a, "__name__", str(a))))
     return " or ".join(names) + (" or null" if type(None) in typing.get_args(tp) else "")

@@ -77,7 +77,8 @@ class FusionTask(RunTask):
             rows = sample_rows(ctx.splits[part], cfg.train.seed)
             loaders.append(DataLoader(ctx.dataset(rows, self.targets(ctx, rows), False), batch_size=cfg.train.batch_size,
                                       shuffle=False, collate_fn=self.collator(ctx)) if len(rows) else None)
-        fields.update(fit_trust(model, cfg.trust, loaders[0], loaders[1], self.spec.kind == "classification"))
+        fields.update(fit_trust(model, cfg.trust, loaders[0], loaders[1], self.spec.kind == "classification",
+                                cfg.train.modality_dropout))
         return model, fields
 
     def runner(self, ctx: RunContext, model) -> Predictor:

@@ -52,10 +52,20 @@ def collect_features(model, loader: DataLoader, device) -> Tuple[Dict[str, np.nd
     return cat, {m: torch.cat(v).numpy() for m, v in masks.items()}, torch.cat(targets).numpy() if targets else None
 
 
+def gate_setting(cfg: TrustConfig, modality_dropout) -> bool:
+    """``gate: auto`` is on when training dropped modalities (the model has learnt to predict
+    without one, so leaving out a drifted one costs little), else off."""
+    if cfg.gate != "auto":
+        return bool(cfg.gate)
+    rates = modality_dropout.values() if isinstance(modality_dropout, dict) else [modality_dropout]
+    return any(float(r) > 0 for r in rates)
+
+
 def fit_trust(model, cfg: TrustConfig, train_loader: DataLoader, val_loader: Optional[DataLoader],
-              classification: bool) -> Dict[str, Any]:
+              classification: bool, modality_dropout=0.0) -> Dict[str, Any]:
     """Attach a fitted Trust to ``model`` as ``cfg`` asks; returns what the run report shows."""
     fields: Dict[str, Any] = {}
+    gate = gate_setting(cfg, modality_dropout)
     fit_temperature_too = cfg.temperature and classification and val_loader is not None
     if not cfg.ood and not fit_temperature_too:
         return fields
@@ -67,10 +77,10 @@ def fit_trust(model, cfg: TrustConfig, train_loader: DataLoader, val_loader: Opt
         else:
             val_x, val_m = {}, {}
         labels = train_y.reshape(-1) if classification and train_y is not None else None
-        trust = Trust.fit(train_x, train_m, val_x, val_m, labels=labels, alpha=cfg.alpha, gate=cfg.gate,
+        trust = Trust.fit(train_x, train_m, val_x, val_m, labels=labels, alpha=cfg.alpha, gate=gate,
                           max_removed=cfg.max_removed)
         fields["trust_alpha"] = cfg.alpha
-        fields["trust_gate"] = "on" if cfg.gate else "off"
+        fields["trust_gate"] = ("on" if gate else "off") + (" (auto)" if cfg.gate == "auto" else "")
     else:
         trust = Trust({m: None for m in model.encoders}, alpha=cfg.alpha, gate=False)
     model.trust = trust.to(device)
