@@ -68,3 +68,5 @@ class ModelOutput:
     features: Dict[Modality, torch.Tensor] = field(default_factory=dict)
     trust: Optional[torch.Tensor] = None  # (batch, n_modalities): how typical each modality's features are
     mask: Optional[Dict[Modality, torch.Tensor]] = None  # the presence mask fusion used (after any trust gate)
+    # each modality's own prediction from its features alone (models trained with auxiliary heads)
+    aux_logits: Optional[Dict[Modality, torch.Tensor]] = None

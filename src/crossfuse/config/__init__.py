@@ -4,6 +4,7 @@ from crossfuse.config.schema import (
     Component,
     Config,
     DataConfig,
+    BalanceConfig,
     EarlyStoppingConfig,
     HeadConfig,
     ModalityConfig,
@@ -12,7 +13,7 @@ from crossfuse.config.schema import (
 )
 
 __all__ = [
-    "Component", "Config", "DataConfig", "EarlyStoppingConfig", "HeadConfig", "ModalityConfig",
+    "BalanceConfig", "Component", "Config", "DataConfig", "EarlyStoppingConfig", "HeadConfig", "ModalityConfig",
     "SplitConfig", "TrainConfig", "apply_overrides", "load_config", "load_yaml", "parse_config",
     "save_yaml",
 ]

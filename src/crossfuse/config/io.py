@@ -121,6 +121,12 @@ def check_values(cfg: Config) -> List[str]:
         (lambda: t.early_stopping.min_epochs >= 0, f"'train.early_stopping.min_epochs' must be >= 0. Got {t.early_stopping.min_epochs}."),
         (lambda: 0 <= t.label_smoothing < 1, f"'train.label_smoothing' must be in [0, 1). Got {t.label_smoothing}."),
         (lambda: t.ema is None or 0 < t.ema < 1, f"'train.ema' must be in (0, 1) or null. Got {t.ema}."),
+        (lambda: t.balance.aux_weight >= 0, f"'train.balance.aux_weight' must be >= 0. Got {t.balance.aux_weight}."),
+        (lambda: t.balance.ogm_alpha is None or t.balance.ogm_alpha > 0,
+         f"'train.balance.ogm_alpha' must be > 0 or null. Got {t.balance.ogm_alpha}."),
+        (lambda: t.balance.ogm_alpha is None or t.balance.aux_weight > 0,
+         "'train.balance.ogm_alpha' needs the auxiliary heads that score each modality: set "
+         "'train.balance.aux_weight' > 0 (e.g. 0.5)."),
         (lambda: 0 <= cfg.head.dropout < 1, f"'head.dropout' must be in [0, 1). Got {cfg.head.dropout}."),
         (lambda: all(1 <= h <= 16384 for h in cfg.head.hidden),
          f"'head.hidden' sizes must be in [1, 16384]. Got {cfg.head.hidden}."),
@@ -138,6 +144,12 @@ def check_values(cfg: Config) -> List[str]:
             p.append(f"'{where}' must be in [0, 1). Got {rate!r}.")
         elif key and key not in cfg.modalities and cfg.modalities:
             p.append(f"'train.modality_dropout.{key}': no modality '{key}'; modalities are "
+                     f"{', '.join(cfg.modalities)}")
+    for key, factor in t.balance.modality_lr.items():
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+            p.append(f"'train.balance.modality_lr.{key}' must be a number > 0. Got {factor!r}.")
+        elif cfg.modalities and key not in cfg.modalities:
+            p.append(f"'train.balance.modality_lr.{key}': no modality '{key}'; modalities are "
                      f"{', '.join(cfg.modalities)}")
     precisions = {"auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
     if t.precision not in precisions:

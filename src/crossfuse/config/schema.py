@@ -71,6 +71,23 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Balanced multimodal training: in joint training the quickest modality dominates the gradient
+    and the others' encoders stay undertrained (Wang et al., CVPR 2020; Peng et al., CVPR 2022)."""
+
+    # weight of each modality's auxiliary loss: a linear head on that modality's features alone,
+    # trained on the items where it is present, added to the fused loss; 0: no auxiliary heads
+    aux_weight: float = 0.0
+    # on-the-fly gradient modulation with Gaussian enhancement (OGM-GE): the gradients of a modality
+    # whose auxiliary head is ahead of the others' are scaled by 1 - tanh(alpha * (ratio - 1));
+    # null: off. Needs the auxiliary heads (aux_weight > 0)
+    ogm_alpha: Optional[float] = None
+    ogm_noise: bool = True  # OGM-GE's Gaussian noise on the modulated encoders' gradients
+    # learning-rate factor per modality's encoder, e.g. {image: 2.0}; others 1
+    modality_lr: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
@@ -108,6 +125,7 @@ class TrainConfig:
     # (frozen encoders' outputs, else the raw inputs) and report it beside the model
     baseline: bool = True
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
 
 
 @dataclass

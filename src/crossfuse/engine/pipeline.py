@@ -16,6 +16,7 @@ import crossfuse
 from crossfuse.atomic import atomic_write
 from crossfuse.config.schema import Config
 from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
+from crossfuse.engine.balance import balanced_loss, gradient_hook
 from crossfuse.engine.baseline import linear_baseline
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.run import (TASKS, RunContext, RunResult, RunTask, default_encoders, infer_roles,  # noqa: F401
@@ -62,9 +63,13 @@ class FusionTask(RunTask):
 
     def trainer_options(self, ctx: RunContext) -> Dict[str, Any]:
         class_weights, self._sample_weights = _balancing(ctx.cfg, self.spec, self.targets(ctx, ctx.splits["train"]))
-        return {"loss_fn": self.spec.loss(class_weights, ctx.cfg.train.label_smoothing),
-                "metrics_fn": self.spec.metrics, "monitor": self.monitor,
-                "higher_is_better": self.monitor in HIGHER_IS_BETTER}
+        loss_fn = self.spec.loss(class_weights, ctx.cfg.train.label_smoothing)
+        balance = ctx.cfg.train.balance
+        options = {"loss_fn": loss_fn, "metrics_fn": self.spec.metrics, "monitor": self.monitor,
+                   "higher_is_better": self.monitor in HIGHER_IS_BETTER, "on_gradients": gradient_hook(balance)}
+        if balance.aux_weight > 0:  # validation keeps the fused loss alone
+            options["step_loss"] = balanced_loss(loss_fn, balance.aux_weight)
+        return options
 
     def sample_weights(self, ctx: RunContext):
         return self._sample_weights

@@ -83,13 +83,16 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, loss_fn: Optional[torch.nn.Module], metrics_fn: Optional[MetricsFn],
                  monitor: str, higher_is_better: bool, checkpoint_path: Optional[Path] = None,
                  callbacks: Sequence[Any] = (), step_loss: Optional[Callable[[Any, Batch], torch.Tensor]] = None,
-                 evaluate: Optional[Callable[[torch.nn.Module, DataLoader, torch.device], Dict[str, Any]]] = None):
+                 evaluate: Optional[Callable[[torch.nn.Module, DataLoader, torch.device], Dict[str, Any]]] = None,
+                 on_gradients: Optional[Callable[..., None]] = None):
         """``step_loss(output, batch)`` and ``evaluate(model, val_loader, device)`` replace the default
-        (loss_fn on logits and targets; metrics_fn on collected logits) for other kinds of model."""
+        (loss_fn on logits and targets; metrics_fn on collected logits) for other kinds of model.
+        ``on_gradients(model, output, batch, reduce)`` may change the gradients after each backward
+        pass (``reduce`` sums a tensor over processes), e.g. engine.balance's gradient modulation."""
         from lightning_fabric import Fabric
 
         self.cfg, self.loss_fn, self.metrics_fn = cfg, loss_fn, metrics_fn
-        self.step_loss, self.evaluate = step_loss, evaluate
+        self.step_loss, self.evaluate, self.on_gradients = step_loss, evaluate, on_gradients
         self.monitor, self.higher_is_better = monitor, higher_is_better
         self.checkpoint_path = checkpoint_path
         self.callbacks = list(callbacks)
@@ -103,13 +106,8 @@ class Trainer:
 
     # --- pieces ---------------------------------------------------------------------------
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        params = parameter_groups(model, self.cfg)
         c = self.cfg
-        params = [p for p in model.parameters() if p.requires_grad]
-        if c.encoder_lr is not None:  # fine-tuned backbones usually want a smaller step than new layers
-            enc = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoders.")]
-            ids = {id(p) for p in enc}
-            if enc:
-                params = [{"params": [p for p in params if id(p) not in ids]}, {"params": enc, "lr": c.encoder_lr}]
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
@@ -238,6 +236,8 @@ class Trainer:
                 else self.loss_fn(out.logits.float(), batch.target)
             run.optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
+            if self.on_gradients is not None:
+                self.on_gradients(run.raw_model, out, batch, lambda t: fabric.all_reduce(t, reduce_op="sum"))
             if c.grad_clip:
                 fabric.clip_gradients(model, run.optimizer, max_norm=c.grad_clip, error_if_nonfinite=False)
             run.optimizer.step()
@@ -249,8 +249,10 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         train_loss = float(fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
         seconds = time.perf_counter() - start  # the training pass only, validation excluded
-        return {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
-                "train_seconds": seconds, "samples_per_s": count * fabric.world_size / seconds}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
+                  "train_seconds": seconds, "samples_per_s": count * fabric.world_size / seconds}
+        record.update(getattr(self.on_gradients, "epoch_record", dict)())
+        return record
 
     def _end_epoch(self, run: "_Run", epoch: int, record: Dict[str, float]) -> bool:
         """Validate, keep the best weights, log, checkpoint, call back; True when early stopping says stop."""
@@ -284,6 +286,29 @@ class Trainer:
                 log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
             return True
         return False
+
+
+def parameter_groups(model: torch.nn.Module, c: TrainConfig) -> list:
+    """The trainable parameters in optimizer groups: new layers at ``lr``; each modality's encoder at
+    ``encoder_lr`` (fine-tuned backbones usually want a smaller step; none: ``lr``) times its
+    ``balance.modality_lr`` factor. One group when nothing differs."""
+    rates: Dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr = c.lr
+        if name.startswith("encoders."):
+            modality = name.split(".")[1]
+            lr = (c.lr if c.encoder_lr is None else c.encoder_lr) * c.balance.modality_lr.get(modality, 1.0)
+        rates[name] = lr
+    groups: Dict[float, list] = {c.lr: []}  # the new layers' group first
+    named = dict(model.named_parameters())
+    for name, lr in rates.items():
+        groups.setdefault(lr, []).append(named[name])
+    groups = {lr: ps for lr, ps in groups.items() if ps}
+    if len(groups) <= 1:
+        return [p for ps in groups.values() for p in ps]
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
 
 
 @dataclass

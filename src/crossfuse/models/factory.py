@@ -79,12 +79,13 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
     """Encoders (see build_encoders), then the fusion method and the head."""
     encoders = build_encoders(cfg, processors, train_df, base_dir)
     input_dims = {name: e.output_dim for name, e in encoders.items()}
+    aux = out_dim if cfg.train.balance.aux_weight > 0 else None  # balanced training's per-modality heads
     if FUSIONS.get(cfg.fusion.name).decision_level:  # the fusion emits the outputs itself
         fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, n_outputs=out_dim, **cfg.fusion.params)
-        return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0))
+        return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0), aux_outputs=aux)
     fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, **cfg.fusion.params)
     head = Head(fusion.output_dim, out_dim, hidden=cfg.head.hidden, dropout=cfg.head.dropout)
-    return FusionModel(encoders, fusion, head)
+    return FusionModel(encoders, fusion, head, aux_outputs=aux)
 
 
 def build_retrieval_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.DataFrame,

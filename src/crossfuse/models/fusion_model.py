@@ -22,15 +22,20 @@ class Encoded(NamedTuple):
 
 class FusionModel(nn.Module):
     """Composes encoders, a fusion method and a head; after training, ``trust`` (models.trust) may
-    gate untrusted modalities out of the mask and calibrate the logits."""
+    gate untrusted modalities out of the mask and calibrate the logits. With ``aux_outputs`` each
+    modality also gets a linear head of its own (balanced training's auxiliary losses)."""
 
-    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head, trust: Optional[Trust] = None):
+    def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head, trust: Optional[Trust] = None,
+                 aux_outputs: Optional[int] = None):
         super().__init__()
         # sorted: parameter order (and so optimizer state) must not depend on the config's key order
         self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
         self.fusion = fusion
         self.head = head
         self.trust = trust
+        self.aux_outputs = aux_outputs
+        self.aux_heads = nn.ModuleDict({m: nn.Linear(e.output_dim, aux_outputs) for m, e in self.encoders.items()}) \
+            if aux_outputs else None
 
     def encode(self, batch: Batch) -> Encoded:
         """Per-modality features (and, for token-level fusion, sequences) of a batch."""
@@ -62,8 +67,9 @@ class FusionModel(nn.Module):
         logits = self.head(fused.fused)
         if self.trust is not None:
             logits = self.trust.calibrate(logits)
+        aux = {m: h(encoded.features[m]) for m, h in self.aux_heads.items()} if self.aux_heads is not None else None
         return ModelOutput(logits=logits, fused=fused.fused, weights=fused.weights, features=encoded.features,
-                           trust=encoded.trust, mask=mask)
+                           trust=encoded.trust, mask=mask, aux_logits=aux)
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.fuse(self.encode(batch), batch.mask)
@@ -76,6 +82,7 @@ class FusionModel(nn.Module):
             "fusion": {"name": self.fusion.registry_name, "kwargs": self.fusion.rebuild_kwargs()},
             "head": {"out_dim": self.head.out_dim, "kwargs": self.head.rebuild_kwargs()},
             **({"trust": self.trust.architecture()} if self.trust is not None else {}),
+            **({"aux_outputs": self.aux_outputs} if self.aux_outputs else {}),
         }
 
     @classmethod
@@ -85,4 +92,5 @@ class FusionModel(nn.Module):
         fusion = FUSIONS.build(arch["fusion"]["name"], input_dims={m: e.output_dim for m, e in encoders.items()},
                                **arch["fusion"]["kwargs"])
         trust = Trust.from_architecture(arch["trust"]) if arch.get("trust") else None
-        return cls(encoders, fusion, Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"]), trust)
+        head = Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"])
+        return cls(encoders, fusion, head, trust, aux_outputs=arch.get("aux_outputs"))

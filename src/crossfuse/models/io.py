@@ -102,11 +102,15 @@ def architecture_problems(arch: Dict[str, Any]) -> List[str]:
         problems += [f"fusion: {p}" for p in FUSIONS.check_kwargs(fusion["name"], fusion["kwargs"])]
     if not isinstance(head, dict) or not isinstance(head.get("kwargs"), dict):
         problems.append("head: missing or not a mapping")
+    aux = arch.get("aux_outputs")
+    if aux is not None and (isinstance(aux, bool) or not isinstance(aux, int) or not 1 <= aux <= MAX_OUTPUTS):
+        problems.append(f"aux_outputs: must be an integer in [1, {MAX_OUTPUTS:,}]. Got {aux!r}.")
     if arch.get("trust") is not None:
         problems += [f"trust: {p}" for p in trust_problems(arch["trust"], set(arch["encoders"]))]
     return problems
 
 
+MAX_OUTPUTS = 100_000  # classes a saved model may have
 TRUST_LIMITS = {"dim": 65536, "rank": 4096, "centers": 100_000, "reference": 10_000_000}
 
 

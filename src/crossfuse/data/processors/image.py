@@ -34,7 +34,9 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 class ImageProcessor(FileProcessor):
     """Params: ``size`` (int), ``mean``/``std`` (3 floats), default from the encoder's data config;
-    ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees};
+    ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees,
+    translate: float (largest shift, as a fraction of the side), erase: float (probability of
+    erasing a random rectangle)};
     ``max_pixels``: larger images are bad items (default 64 million).
     """
 
@@ -91,7 +93,12 @@ class ImageProcessor(FileProcessor):
             steps.append(v2.RandomHorizontalFlip())
         if train and aug.get("rotation"):
             steps.append(v2.RandomRotation(float(aug["rotation"])))
+        if train and aug.get("translate"):
+            t = float(aug["translate"])
+            steps.append(v2.RandomAffine(degrees=0, translate=(t, t)))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.params["mean"], self.params["std"])]
+        if train and aug.get("erase"):
+            steps.append(v2.RandomErasing(p=float(aug["erase"])))
         return v2.Compose(steps)
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[torch.Tensor]:

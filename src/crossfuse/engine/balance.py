@@ -1,0 +1,106 @@
+"""Balanced multimodal training: auxiliary per-modality losses, on-the-fly gradient modulation
+(OGM-GE) and per-modality learning rates (``train.balance``).
+
+Joint training lets the quickest modality dominate the gradient while the others' encoders stay
+undertrained (Wang et al., "What Makes Training Multi-modal Classification Networks Hard?",
+CVPR 2020; Peng et al., "Balanced Multimodal Learning via On-the-fly Gradient Modulation",
+CVPR 2022). Each modality gets a linear head of its own (``FusionModel.aux_heads``); its loss,
+on the items where the modality is present, is added to the fused loss so every encoder learns to
+predict alone. OGM-GE reads the same heads: a modality whose head is ahead of the others' (its
+summed softmax score of the true class, over the batch) has its encoder's gradients scaled down,
+so the others catch up; the paper's Gaussian noise keeps the modulated encoders generalising.
+Peng et al. split a concatenation's last layer into per-modality parts for the scores; the
+auxiliary heads give the same scores for every fusion method.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Mapping, Optional
+
+import torch
+
+from crossfuse.config.schema import BalanceConfig
+from crossfuse.types import Batch, ModelOutput
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over processes (identity on one)
+
+
+def balanced_loss(loss_fn: torch.nn.Module, aux_weight: float) -> Callable[[ModelOutput, Batch], torch.Tensor]:
+    """``step_loss(out, batch)``: the fused loss plus ``aux_weight`` times each modality's own loss,
+    computed on the items where that modality is present (absent ones give its head no gradient)."""
+
+    def step_loss(out: ModelOutput, batch: Batch) -> torch.Tensor:
+        loss = loss_fn(out.logits.float(), batch.target)
+        for m, logits in (out.aux_logits or {}).items():
+            present = batch.mask[m]
+            if bool(present.any()):
+                loss = loss + aux_weight * loss_fn(logits[present].float(), batch.target[present])
+        return loss
+
+    return step_loss
+
+
+def true_class_scores(out: ModelOutput, batch: Batch) -> Dict[str, torch.Tensor]:
+    """Per modality, the sum over present items of its auxiliary head's softmax at the true class
+    (Peng et al.'s s^u); regression: the sum of 1 / (1 + squared error), likewise in (0, 1] per item."""
+    scores = {}
+    for m, logits in (out.aux_logits or {}).items():
+        present = batch.mask[m]
+        logits, target = logits.detach()[present].float(), batch.target[present]
+        if target.dtype == torch.long:
+            scores[m] = logits.softmax(-1).gather(1, target[:, None]).sum()
+        else:
+            scores[m] = (1.0 / (1.0 + ((logits - target.float()) ** 2).sum(-1))).sum()
+    return scores
+
+
+def ogm_coefficients(scores: Mapping[str, float], alpha: float) -> Dict[str, float]:
+    """Peng et al.'s modulation coefficients: with ratio rho_u = s_u / (mean of the other
+    modalities' scores), k_u = 1 - tanh(alpha * rho_u) when rho_u > 1, else 1. For two
+    modalities this is the paper's eq. (10) exactly."""
+    coeffs = {}
+    for m, s in scores.items():
+        others = [v for k, v in scores.items() if k != m]
+        mean = sum(others) / len(others) if others else 0.0
+        rho = s / mean if mean > 0 else (math.inf if s > 0 else 1.0)
+        coeffs[m] = 1.0 - math.tanh(alpha * rho) if rho > 1 else 1.0
+    return coeffs
+
+
+class GradientModulation:
+    """OGM-GE as a trainer hook, called after the backward pass and before the optimizer step."""
+
+    def __init__(self, cfg: BalanceConfig):
+        self.alpha, self.noise = float(cfg.ogm_alpha), cfg.ogm_noise
+        self._sums: Dict[str, float] = {}  # coefficients summed over the epoch's steps
+        self._steps = 0
+
+    def __call__(self, model: torch.nn.Module, out: ModelOutput, batch: Batch, reduce: Reduce) -> None:
+        local = true_class_scores(out, batch)
+        if len(local) < 2:
+            return
+        names = sorted(local)
+        # summed over processes, so every rank scales its (already averaged) gradients alike
+        totals = reduce(torch.stack([local[m] for m in names]))
+        coeffs = ogm_coefficients({m: float(t) for m, t in zip(names, totals)}, self.alpha)
+        self._steps += 1
+        for m, k in coeffs.items():
+            self._sums[m] = self._sums.get(m, 0.0) + k
+            for p in model.encoders[m].parameters():
+                if p.grad is None or p.grad.dim() < 2:  # weights, not biases or norm scales, as the paper
+                    continue
+                std = float(p.grad.std()) if p.grad.numel() > 1 else 0.0
+                p.grad.mul_(k)
+                if self.noise:
+                    p.grad.add_(torch.randn_like(p.grad) * (std + 1e-8))
+
+    def epoch_record(self) -> Dict[str, float]:
+        """Each modality's mean coefficient over the epoch (``ogm_<modality>`` in the history);
+        starts the next epoch's sums."""
+        record = {f"ogm_{m}": v / self._steps for m, v in self._sums.items()} if self._steps else {}
+        self._sums, self._steps = {}, 0
+        return record
+
+
+def gradient_hook(cfg: BalanceConfig) -> Optional[GradientModulation]:
+    return GradientModulation(cfg) if cfg.ogm_alpha is not None else None
