@@ -17,14 +17,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @ENCODERS.register("small_cnn")
 class SmallCNN(Encoder):
-    """Conv-BN-ReLU blocks with max-pooling, then global average pooling; for training from scratch."""
+    """Stages of ``convs`` Conv-BN-ReLU blocks with max-pooling, then global average pooling; for
+    training from scratch."""
 
     modality = "image"
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), image_size: int = 32, dropout: float = 0.0):
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), image_size: int = 32, dropout: float = 0.0,
+                 convs: int = 1):
         super().__init__()
-        self._init_kwargs = {"channels": list(channels), "image_size": image_size, "dropout": dropout}
-        self.net = ConvStack(3, channels)
+        if isinstance(convs, bool) or not isinstance(convs, int) or not 1 <= convs <= 8:
+            raise ConfigError(f"small_cnn: 'convs' (conv blocks per stage) must be an integer in [1, 8]; got {convs!r}")
+        self._init_kwargs = {"channels": list(channels), "image_size": image_size, "dropout": dropout, "convs": convs}
+        self.net = ConvStack(3, channels, convs)
         self.dropout = nn.Dropout(dropout)
         self.output_dim = self.net.output_dim
         self.data_config = {"input_size": [3, image_size, image_size], "mean": [0.5] * 3, "std": [0.5] * 3}
