@@ -5,6 +5,8 @@ can build offline, beside the best fusion method (picked on validation) and a li
     python benchmarks/suite.py --sets demo tuxpaint --seeds 0 1 2
     python benchmarks/suite.py --sets demo_noisy --fusions concat,late,gated
     python benchmarks/suite.py --sets demo train.balance.aux_weight=0.5   # a candidate default
+    for s in 0 1 2; do python benchmarks/suite.py --sets demo --seeds $s train.threads=1 & done; wait
+    python benchmarks/suite.py --sets demo --collect          # one table from those three processes
 
 A set's config names only its data and which column is which modality (and, for the Tux Paint
 sets, the frozen pretrained encoders); everything else is crossfuse's default. Overrides after the
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from crossfuse.atomic import atomic_write
-from crossfuse.compare import run_comparison
+from crossfuse.compare import METRICS, baseline_rows, run_comparison, summarise, variants, write_comparison
 from crossfuse.config import apply_overrides, parse_config
 from crossfuse.config.schema import Config
 from crossfuse.data.demo import build_av_digits, build_digits_demo
@@ -105,6 +107,30 @@ def set_config(name: str, data_root: Path, out: Path, overrides: List[str]) -> C
     return parse_config(apply_overrides(raw, list(overrides) + ["train.progress=false"]))
 
 
+def collect_comparison(cfg: Config, out: Path, fusions: List[str], seeds: List[int]) -> List[Dict]:
+    """A set's comparison rows from the runs already under ``out`` (metrics.json and history.json
+    per run), so seeds trained by separate processes, or machines, make one table."""
+    monitor = cfg.train.early_stopping.metric or ("rmse" if cfg.data.task == "regression" else "f1_macro")
+    rows, baseline = [], None
+    for label, modalities, _ in variants(cfg, fusions, singles=True):
+        runs = []
+        for seed in seeds:
+            run_dir = out / label.replace(" ", "_") / f"seed{seed}"
+            if not (run_dir / "metrics.json").is_file():
+                raise SystemExit(f"--collect: {run_dir} has no metrics.json; train seed {seed} of {label} first")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            history = json.loads((run_dir / "history.json").read_text())
+            scores = [h.get(f"val_{monitor}", np.nan) for h in history]
+            best = history[int(np.nanargmin(scores) if monitor in ("rmse", "mae", "loss") else np.nanargmax(scores))]
+            baseline = baseline or metrics.get("baseline")
+            train_seconds = float(sum(h.get("train_seconds", 0.0) for h in history))
+            runs.append({"seed": seed, **{k: metrics.get(k) for k in METRICS},
+                         **{f"val_{k}": best.get(f"val_{k}") for k in METRICS}, "epochs": len(history),
+                         "seconds": train_seconds, "extract_seconds": 0.0, "train_seconds": train_seconds})
+        rows.append(summarise(label, "+".join(modalities), runs))
+    return rows + baseline_rows(baseline, cfg)
+
+
 def mean_std(values: List[float]) -> str:
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.4f} +- {np.std(values):.4f}" if values else "-"
@@ -162,17 +188,27 @@ def main() -> None:
     p.add_argument("--fusions", help="comma-separated (default: every registered method)")
     p.add_argument("--data", type=Path, default=Path("data/suite"))
     p.add_argument("--out", type=Path, default=Path("runs/suite"))
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: make the tables from the runs under --out (e.g. one process per seed)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     default_fusion = Config().fusion.name
     fusions = args.fusions.split(",") if args.fusions else None
     if fusions and default_fusion not in fusions:
         fusions.insert(0, default_fusion)
+    if args.collect and fusions is None:
+        from crossfuse.fusion import FUSIONS
+
+        fusions = list(FUSIONS.names())
     lines, start = [], time.perf_counter()
     for name in args.sets:
         t0 = time.perf_counter()
         cfg = set_config(name, args.data, args.out / name, args.overrides)
-        rows = run_comparison(cfg, args.out / name, fusions=fusions, seeds=args.seeds)  # writes comparison.md
+        if args.collect:
+            rows = collect_comparison(cfg, args.out / name, fusions, args.seeds)
+            write_comparison(args.out / name, rows)
+        else:
+            rows = run_comparison(cfg, args.out / name, fusions=fusions, seeds=args.seeds)  # writes comparison.md
         metric = METRIC.get(name, "accuracy")
         lines.append(summarise_set(name, rows, default_fusion, metric))
         print(f"{name}: {time.perf_counter() - t0:.0f} s; default {mean_std(lines[-1]['default']['test'])}, best on "
