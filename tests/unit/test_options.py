@@ -54,7 +54,7 @@ def test_precision_auto_is_fp32_on_a_cpu_and_explicit_values_pass_through():
 
 def test_image_augmentation_changes_training_inputs_only(items):
     proc = ImageProcessor(["image"], size=16, mean=[0.5] * 3, std=[0.5] * 3,
-                          augment={"hflip": True, "crop": 0.5, "rotation": 20})
+                          augment={"hflip": True, "crop": 0.5, "rotation": 20, "translate": 0.2, "erase": 0.5})
     row = {"image": "img/0.png"}
     torch.manual_seed(0)
     train = [proc.load(row, items.parent, True) for _ in range(4)]

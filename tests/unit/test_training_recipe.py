@@ -54,12 +54,15 @@ def test_with_ema_the_saved_model_is_the_average_of_its_best_epoch(tmp_path):
 def test_min_epochs_holds_early_stopping_back(tmp_path):
     manifest = make_items(tmp_path / "d", n=30)
     still = dict(lr=1e-12, epochs=5)  # nothing improves after the first epoch
-    quick = train(parse_config(tiny_config(manifest, tmp_path / "a", early_stopping={"patience": 1}, **still)),
-                  save=False)
+    quick = train(parse_config(tiny_config(manifest, tmp_path / "a", early_stopping={"patience": 1, "min_epochs": 0},
+                                           **still)), save=False)
     held = train(parse_config(tiny_config(manifest, tmp_path / "b", early_stopping={"patience": 1, "min_epochs": 4},
                                           **still)), save=False)
+    half = train(parse_config(tiny_config(manifest, tmp_path / "c", early_stopping={"patience": 1},
+                                          **{**still, "epochs": 6})), save=False)
     assert len(quick.train.history) == 2 and quick.train.stopped_early
     assert len(held.train.history) == 4 and held.train.stopped_early
+    assert len(half.train.history) == 3 and half.train.stopped_early  # the default: half of 6 epochs
 
 
 def test_label_smoothing_against_a_hand_computation():
@@ -78,4 +81,4 @@ def test_recipe_options_out_of_range_are_refused_together(tmp_path):
         parse_config(raw)
     text = str(err.value)
     assert "'train.ema' must be in (0, 1)" in text and "'train.label_smoothing' must be in [0, 1)" in text
-    assert "'train.early_stopping.min_epochs' must be >= 0" in text
+    assert "'train.early_stopping.min_epochs' must be >= 0 or null" in text

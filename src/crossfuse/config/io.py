@@ -118,7 +118,7 @@ def check_values(cfg: Config) -> List[str]:
         (lambda: t.num_workers >= 0, f"'train.num_workers' must be >= 0. Got {t.num_workers}."),
         (lambda: t.threads is None or t.threads >= 1, f"'train.threads' must be >= 1 or null. Got {t.threads}."),
         (lambda: t.early_stopping.patience >= 1, f"'train.early_stopping.patience' must be >= 1. Got {t.early_stopping.patience}."),
-        (lambda: t.early_stopping.min_epochs >= 0, f"'train.early_stopping.min_epochs' must be >= 0. Got {t.early_stopping.min_epochs}."),
+        (lambda: t.early_stopping.min_epochs is None or t.early_stopping.min_epochs >= 0, f"'train.early_stopping.min_epochs' must be >= 0 or null. Got {t.early_stopping.min_epochs}."),
         (lambda: 0 <= t.label_smoothing < 1, f"'train.label_smoothing' must be in [0, 1). Got {t.label_smoothing}."),
         (lambda: t.ema is None or 0 < t.ema < 1, f"'train.ema' must be in (0, 1) or null. Got {t.ema}."),
         (lambda: t.balance.aux_weight >= 0, f"'train.balance.aux_weight' must be >= 0. Got {t.balance.aux_weight}."),

@@ -281,11 +281,17 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, "on_epoch_end", lambda *a: None)(self, state)
         if (run.val_loader is not None and state["bad_epochs"] >= c.early_stopping.patience
-                and epoch + 1 >= c.early_stopping.min_epochs):
+                and epoch + 1 >= min_epochs(c)):
             if self.is_main:
                 log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
             return True
         return False
+
+
+def min_epochs(c: TrainConfig) -> int:
+    """Epochs before early stopping may stop: the configured number, or half the budget."""
+    m = c.early_stopping.min_epochs
+    return c.epochs // 2 if m is None else m
 
 
 def parameter_groups(model: torch.nn.Module, c: TrainConfig) -> list:
