@@ -106,8 +106,8 @@ class Trainer:
 
     # --- pieces ---------------------------------------------------------------------------
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        params = parameter_groups(model, self.cfg)
         c = self.cfg
+        params = parameter_groups(model, c)
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
@@ -312,8 +312,8 @@ def parameter_groups(model: torch.nn.Module, c: TrainConfig) -> list:
     for name, lr in rates.items():
         groups.setdefault(lr, []).append(named[name])
     groups = {lr: ps for lr, ps in groups.items() if ps}
-    if len(groups) <= 1:
-        return [p for ps in groups.values() for p in ps]
+    if len(groups) == 1 and c.lr in groups:
+        return groups[c.lr]
     return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
 
 
