@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -93,9 +94,15 @@ METRIC = {"demo_imbalanced": "f1_macro"}  # accuracy elsewhere
 def manifest_for(name: str, data_root: Path) -> Path:
     folder = data_root / SHARED_DATA.get(name, name)
     path = folder / "manifest.csv"
-    if not path.is_file():
-        logging.getLogger("suite").warning("building %s in %s", name, folder)
-        path = Path(SETS[name][0](folder))
+    if not path.is_file():  # built aside and moved in whole, so processes started together never
+        logging.getLogger("suite").warning("building %s in %s", name, folder)  # read a half-built set
+        staging = folder.with_name(f"{folder.name}.building-{os.getpid()}")
+        built = Path(SETS[name][0](staging))
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process got there first: use its copy
+            shutil.rmtree(staging, ignore_errors=True)
+        path = folder / built.relative_to(staging)
     return path
 
 
