@@ -143,18 +143,20 @@ def check_values(cfg: Config) -> List[str]:
             where = f"train.modality_dropout.{key}" if key else "train.modality_dropout"
             p.append(f"'{where}' must be in [0, 1). Got {rate!r}.")
         elif key and key not in cfg.modalities and cfg.modalities:
-            p.append(f"'train.modality_dropout.{key}': no modality '{key}'; modalities are "
-                     f"{', '.join(cfg.modalities)}")
+            p.append(_no_modality(cfg, f"train.modality_dropout.{key}", key))
     for key, factor in t.balance.modality_lr.items():
         if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
             p.append(f"'train.balance.modality_lr.{key}' must be a number > 0. Got {factor!r}.")
         elif cfg.modalities and key not in cfg.modalities:
-            p.append(f"'train.balance.modality_lr.{key}': no modality '{key}'; modalities are "
-                     f"{', '.join(cfg.modalities)}")
+            p.append(_no_modality(cfg, f"train.balance.modality_lr.{key}", key))
     precisions = {"auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
     if t.precision not in precisions:
         p.append(f"'train.precision' must be one of {', '.join(sorted(precisions))}. Got {t.precision!r}.")
     return p
+
+
+def _no_modality(cfg: Config, where: str, key: str) -> str:
+    return f"'{where}': no modality '{key}'; modalities are {', '.join(cfg.modalities)}"
 
 
 def _safe(ok: Any) -> bool:

@@ -89,9 +89,10 @@ class GradientModulation:
             for p in model.encoders[m].parameters():
                 if p.grad is None or p.grad.dim() < 2:  # weights, not biases or norm scales, as the paper
                     continue
-                std = float(p.grad.std()) if p.grad.numel() > 1 else 0.0
+                # the gradient's own std as a tensor: no host sync per parameter, none without noise
+                std = (p.grad.std() if p.grad.numel() > 1 else p.grad.new_zeros(())) if self.noise else None
                 p.grad.mul_(k)
-                if self.noise:
+                if std is not None:
                     p.grad.add_(torch.randn_like(p.grad) * (std + 1e-8))
 
     def epoch_record(self) -> Dict[str, float]:

@@ -298,7 +298,7 @@ def parameter_groups(model: torch.nn.Module, c: TrainConfig) -> list:
     """The trainable parameters in optimizer groups: new layers at ``lr``; each modality's encoder at
     ``encoder_lr`` (fine-tuned backbones usually want a smaller step; none: ``lr``) times its
     ``balance.modality_lr`` factor. One group when nothing differs."""
-    rates: Dict[str, float] = {}
+    groups: Dict[float, list] = {c.lr: []}  # the new layers' group first
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -306,11 +306,7 @@ def parameter_groups(model: torch.nn.Module, c: TrainConfig) -> list:
         if name.startswith("encoders."):
             modality = name.split(".")[1]
             lr = (c.lr if c.encoder_lr is None else c.encoder_lr) * c.balance.modality_lr.get(modality, 1.0)
-        rates[name] = lr
-    groups: Dict[float, list] = {c.lr: []}  # the new layers' group first
-    named = dict(model.named_parameters())
-    for name, lr in rates.items():
-        groups.setdefault(lr, []).append(named[name])
+        groups.setdefault(lr, []).append(p)
     groups = {lr: ps for lr, ps in groups.items() if ps}
     if len(groups) == 1 and c.lr in groups:
         return groups[c.lr]
