@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: venv install install-test install-bench demo test clean espeak-ng tuxpaint benchmarks benchmark-missing benchmark-memory
+.PHONY: venv install install-test install-bench demo test clean espeak-ng tuxpaint chromium benchmarks benchmark-missing benchmark-memory benchmark-serve
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/crossfuse demo --out runs/demo
 
-test: install-test
+test: install-test chromium
 	$(PY) -m pytest -q
+
+# the serving page's browser test drives Debian's Chromium (never a browser a test tool downloads)
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install -e ".[hf,whisper,presets,index]"
@@ -46,7 +50,7 @@ data/av_digits/manifest.csv: | espeak-ng install
 	$(PY) benchmarks/datasets/av_digits.py data/av_digits
 
 # the real-size measurements quoted in the README (each prints its own figures)
-benchmarks: install-bench data/tuxpaint/manifest.csv data/av_digits/manifest.csv
+benchmarks: install-bench install-test data/tuxpaint/manifest.csv data/av_digits/manifest.csv
 	$(PY) benchmarks/run.py --seeds 0 1 2
 	$(PY) benchmarks/run.py --config src/crossfuse/resources/av_digits.yaml data.manifest=data/av_digits/manifest.csv --seeds 0 1 2
 	$(PY) benchmarks/extract.py
@@ -56,6 +60,7 @@ benchmarks: install-bench data/tuxpaint/manifest.csv data/av_digits/manifest.csv
 	$(PY) benchmarks/streaming_memory.py
 	$(PY) benchmarks/retrieval_tuxpaint.py --seeds 0 1 2
 	$(PY) benchmarks/search_latency.py
+	$(PY) benchmarks/serve_load.py
 
 # espeak-ng synthesises the spoken digits of AV-digits; Debian package, needs root (as in CI)
 espeak-ng:
@@ -67,6 +72,9 @@ benchmark-missing: install data/av_digits/manifest.csv
 
 benchmark-memory: install
 	$(PY) benchmarks/streaming_memory.py
+
+benchmark-serve: install-test
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs data/demo

@@ -231,3 +231,51 @@ def make_flickr8k(root, token_lines=None, split_lists=True):
         (root / "Flickr_8k.devImages.txt").write_text(FLICKR_NAMES[2] + "\n")
         (root / "Flickr_8k.testImages.txt").write_text(FLICKR_NAMES[3] + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """What the serving tests serve: a tiny attention-fusion classifier (image + tabular + text),
+    a tiny image-text retrieval model and two indexes over its pairs (images, captions)."""
+    import yaml
+
+    from crossfuse.cli.main import main
+
+    root = tmp_path_factory.mktemp("served")
+    items = make_items(root / "items", n=48)
+    (root / "fusion.yaml").write_text(yaml.safe_dump(tiny_config(items, root / "fusion", fusion="attention",
+                                                                 epochs=4)))
+    assert main(["-q", "train", str(root / "fusion.yaml")]) == 0
+    pairs = make_pairs(root / "pairs")
+    (root / "retrieval.yaml").write_text(yaml.safe_dump(tiny_retrieval_config(pairs, root / "retrieval", epochs=12)))
+    assert main(["-q", "train", str(root / "retrieval.yaml")]) == 0
+    model = root / "retrieval" / "model"
+    assert main(["-q", "index", str(model), str(pairs), "--out", str(root / "retrieval" / "pics")]) == 0
+    assert main(["-q", "index", str(model), str(pairs), "--modality", "text",
+                 "--out", str(root / "retrieval" / "captions")]) == 0
+    return {"root": root, "items": items, "pairs": pairs, "fusion": root / "fusion" / "model", "retrieval": model,
+            "indexes": {"pics": root / "retrieval" / "pics", "captions": root / "retrieval" / "captions"}}
+
+
+def start_serve(*args, env=None):
+    """`crossfuse serve ARGS` on a free port of 127.0.0.1, returned once it listens:
+    (process, port, the lines it printed)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "crossfuse", "serve", *map(str, args), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        lines.append(proc.stdout.readline())
+        if "Application startup complete" in lines[-1] or "Uvicorn running" in lines[-1]:
+            return proc, port, lines
+        assert proc.poll() is None, "".join(lines)
+    proc.kill()
+    raise AssertionError("the server did not start in 120 s:\n" + "".join(lines))

@@ -1,4 +1,5 @@
-"""The `crossfuse` command line: train, evaluate, predict, index, search, validate, list, cache, compare, demo."""
+"""The `crossfuse` command line: train, evaluate, predict, index, search, validate, list, cache, compare, serve,
+demo."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +90,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fusions", help="comma-separated fusion methods (default: every registered one)")
     c.add_argument("--no-singles", action="store_true", help="skip the single-modality baselines")
     c.add_argument("--save-runs", action="store_true", help="keep every run's model and report")
+
+    sv = sub.add_parser("serve", help="serve a model (and search indexes) over HTTP: REST API and a web page")
+    sv.add_argument("model", type=Path, help="model directory (fusion or retrieval)")
+    sv.add_argument("--index", action="append", default=[], metavar="[NAME=]DIR",
+                    help="a search index to serve (repeatable); named after its folder unless NAME= is given")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers-threads", type=int, help="torch threads of the inference worker")
+    sv.add_argument("--tls-cert", type=Path, help="PEM certificate (with --tls-key)")
+    sv.add_argument("--tls-key", type=Path, help="PEM private key")
+    sv.add_argument("--tls-self-signed", action="store_true", help="make a development certificate and print "
+                    "its fingerprint")
+    sv.add_argument("--api-keys-file", type=Path, help="API keys, one per line (also $CROSSFUSE_API_KEYS, "
+                    "comma-separated)")
+    sv.add_argument("--insecure", action="store_true", help="listen beyond loopback without TLS or keys")
+    sv.add_argument("--max-batch", type=int, default=32, help="items per forward pass when requests are "
+                    "batched (1: no dynamic batching)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
+    sv.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for inference")
+    sv.add_argument("--cors-origin", action="append", default=[], help="let pages from this origin call the API "
+                    "(repeatable; none by default)")
 
     d = sub.add_parser("demo", help="build the digits demo and compare single modalities with fusion")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -287,6 +310,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from crossfuse.serve.server import index_args, serve
+
+    if args.max_batch < 1 or args.workers_threads is not None and args.workers_threads < 1:
+        raise CrossfuseError("--max-batch and --workers-threads must be >= 1")
+    serve(args.model, index_args(args.index), host=args.host, port=args.port, threads=args.workers_threads,
+          tls_cert=args.tls_cert, tls_key=args.tls_key, tls_self_signed=args.tls_self_signed,
+          api_keys_file=args.api_keys_file, insecure=args.insecure, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb, timeout_s=args.timeout,
+          cors_origins=args.cors_origin)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from crossfuse.compare import comparison_table
     from crossfuse.demo import run_demo
@@ -301,7 +337,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "index": cmd_index,
             "search": cmd_search, "validate": cmd_validate, "list": cmd_list, "cache": cmd_cache,
-            "compare": cmd_compare, "demo": cmd_demo}
+            "compare": cmd_compare, "serve": cmd_serve, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

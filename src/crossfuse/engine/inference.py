@@ -19,7 +19,8 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
     """Logits, modality weights (if the fusion has them), presence masks (``mask``: the items' own;
     ``used``: what fusion used, after any trust gate), trust (once fitted), targets and item indices."""
     was_training = model.training
-    model.eval()
+    if was_training:  # switching modes walks every submodule: only when needed (servers call this per batch)
+        model.eval()
     logits, weights, targets, index, masks, used, trust = [], [], [], [], [], [], []
     for batch in Progress(loader, desc, enabled=progress, unit="batch"):
         batch: Batch = batch.to(device)
@@ -36,7 +37,8 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
         used.append(torch.stack([effective[m].bool().cpu() for m in sorted(effective)], 1))
         if getattr(out, "trust", None) is not None:
             trust.append(out.trust.float().cpu())
-    model.train(was_training)
+    if was_training:
+        model.train()
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
     return {"logits": cat(logits), "weights": cat(weights), "targets": cat(targets), "index": cat(index),
             "mask": cat(masks), "used": cat(used), "trust": cat(trust)}

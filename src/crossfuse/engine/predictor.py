@@ -78,8 +78,14 @@ class Predictor:
     def outputs(self, df: pd.DataFrame, base_dir: Path, missing=(), with_target: bool = False,
                 batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Dict[str, np.ndarray]:
         loader = self.loader(df, base_dir, missing, with_target, batch_size, num_workers)
-        self.model.to(self.device)
+        self._place()
         return collect_outputs(self.model, loader, self.device, progress=progress)
+
+    def _place(self) -> None:
+        """The model on this predictor's device (moving walks every module: only when it is elsewhere)."""
+        first = next(self.model.parameters(), None)
+        if first is None or first.device != self.device:
+            self.model.to(self.device)
 
     def predict_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>", on_bad_item: str = "error",
                       batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> pd.DataFrame:
@@ -87,23 +93,31 @@ class Predictor:
         kept, missing = self.prepare(df, base_dir, file, with_target=False, on_bad_item=on_bad_item)
         out = self.outputs(kept, base_dir, missing, batch_size=batch_size, num_workers=num_workers,
                            progress=progress)
-        result = pd.DataFrame({"row": kept.index.to_numpy() + 1})
+        return self.result_frame(kept, out)
+
+    def result_frame(self, kept: pd.DataFrame, out: Dict[str, np.ndarray]) -> pd.DataFrame:
+        """``outputs`` of ``kept``'s rows as predict writes them: row, id, prediction, class
+        probabilities, each modality's weight, trust and whether the trust gate used it."""
+        return pd.DataFrame(self.result_columns(kept, out))
+
+    def result_columns(self, kept: pd.DataFrame, out: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        """``result_frame``'s columns as arrays (the server reads them without building a frame)."""
+        cols: Dict[str, Any] = {"row": kept.index.to_numpy() + 1}
         id_col = self.meta.get("id_column")
         if id_col and id_col in kept.columns:
-            result[id_col] = kept[id_col].to_numpy()
+            cols[id_col] = kept[id_col].to_numpy()
         if self.task.kind == "classification":
             proba = softmax(out["logits"])
-            result["prediction"] = [self.task.labels[i] for i in proba.argmax(1)]
+            cols["prediction"] = [self.task.labels[i] for i in proba.argmax(1)]
             for j, label in enumerate(self.task.labels):
-                result[f"proba_{label}"] = proba[:, j]
+                cols[f"proba_{label}"] = proba[:, j]
         else:
-            result["prediction"] = self.task.decode_values(out["logits"])
+            cols["prediction"] = self.task.decode_values(out["logits"])
         if out["weights"] is not None:
             for j, m in enumerate(self.model.fusion.modalities):
-                result[f"weight_{m}"] = out["weights"][:, j]
-        for name, values in trust_columns(out, self.model.fusion.modalities).items():
-            result[name] = values
-        return result
+                cols[f"weight_{m}"] = out["weights"][:, j]
+        cols.update(trust_columns(out, self.model.fusion.modalities))
+        return cols
 
     def evaluate_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>",
                        on_bad_item: str = "error", batch_size: int = 64, num_workers: int = 0,
