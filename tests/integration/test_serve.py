@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +319,38 @@ def test_openapi_declares_the_error_statuses(client):
     content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}
     assert json.dumps(spec).count("securitySchemes") == 1
+
+
+def test_a_regression_model_serves_values(tmp_path):
+    import yaml
+
+    from conftest import make_items, tiny_config
+    from crossfuse.cli.main import main
+
+    cfg = tiny_config(make_items(tmp_path / "data", n=24), tmp_path / "run", epochs=2)
+    cfg["data"].update(target="x", task="regression")
+    cfg["modalities"]["tabular"]["columns"] = ["size"]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "train", str(tmp_path / "r.yaml")]) == 0
+    model = tmp_path / "run" / "model"
+    expected = Predictor.load(model).predict_frame(pd.read_csv(tmp_path / "data" / "manifest.csv").head(2),
+                                                   tmp_path / "data")["prediction"]
+    df = pd.read_csv(tmp_path / "data" / "manifest.csv").head(2)
+    inputs = [{"image": b64(tmp_path / "data" / r.image), "caption": r.caption, "size": r.size} for r in df.itertuples()]
+    with TestClient(create_app(model)) as c:
+        assert c.get("/v1/model").json()["task"] == "regression"
+        got = c.post("/v1/predict", json={"inputs": inputs}).json()["predictions"]
+    assert [g["label"] for g in got] == [None, None]
+    assert [g["value"] for g in got] == pytest.approx(list(expected), abs=1e-5)
+
+
+def test_slow_inference_times_out_with_504(served):
+    app = create_app(served["fusion"], timeout_s=0.2)
+
+    def slow(items):
+        time.sleep(1.0)
+        return [{} for _ in items]
+
+    app.state.batcher.runners["predict"] = slow
+    with TestClient(app) as c:
+        error(c.post("/v1/predict", json={"inputs": {"caption": "a"}}), 504, None, "longer than 0.2 s")
