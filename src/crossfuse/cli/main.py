@@ -91,6 +91,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-singles", action="store_true", help="skip the single-modality baselines")
     c.add_argument("--save-runs", action="store_true", help="keep every run's model and report")
 
+    tu = sub.add_parser("tune", help="search hyperparameters with Optuna (the config's tune.space), then refit "
+                        "the best")
+    tu.add_argument("config", type=Path)
+    tu.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for train")
+    tu.add_argument("--trials", type=int, help="the study's total number of trials (default: tune.trials)")
+    tu.add_argument("--timeout", type=float, help="seconds each worker may search")
+    tu.add_argument("--storage", help="Optuna storage: a journal file path (default: OUTPUT_DIR/tune/journal.log) "
+                    "or a database URL (postgresql://..., mysql://...) for several machines")
+    tu.add_argument("--study", help="study name (default: the output_dir's name); the same name continues it")
+    tu.add_argument("--jobs", type=int, default=1, help="worker processes on this machine, one study")
+    tu.add_argument("--no-refit", action="store_true", help="write trials.csv, best.yaml and plots only")
+    tu.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+
     sv = sub.add_parser("serve", help="serve a model (and search indexes) over HTTP: REST API and a web page")
     sv.add_argument("model", type=Path, help="model directory (fusion or retrieval)")
     sv.add_argument("--index", action="append", default=[], metavar="[NAME=]DIR",
@@ -310,6 +323,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from crossfuse.engine.tune import finish, run_workers, setup, work
+
+    if args.jobs < 1:
+        raise CrossfuseError(f"--jobs must be >= 1. Got {args.jobs}.")
+    s = setup(args.config, args.overrides, args.trials, args.timeout, args.storage, args.study)
+    if args.worker:  # a child started by --jobs: search, leave the outputs to the parent
+        work(s, args.worker, progress=False)
+        return 0
+    passed = [f"--{k}={v}" for k, v in (("trials", args.trials), ("timeout", args.timeout),
+                                         ("storage", args.storage), ("study", args.study)) if v is not None]
+    run_workers(s, args.config, args.overrides, args.jobs, passed, progress=not args.quiet)
+    result = finish(s, refit=not args.no_refit)
+    b = result.summary
+    score = b[f"best_val_{b['monitor']}"]
+    print(f"trials: {b['trials']}\nbest: trial {b['best_trial']} {b['monitor']}={score} {json.dumps(b['best_params'])}")
+    print(f"outputs: {result.out}/trials.csv, best.yaml, history.png, slices.png, tune.json")
+    if result.model_dir:
+        print(f"model: {result.model_dir}\ntest: {json.dumps(b['refit_test'])}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from crossfuse.serve.server import index_args, serve
 
@@ -337,7 +372,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "index": cmd_index,
             "search": cmd_search, "validate": cmd_validate, "list": cmd_list, "cache": cmd_cache,
-            "compare": cmd_compare, "serve": cmd_serve, "demo": cmd_demo}
+            "compare": cmd_compare, "tune": cmd_tune, "serve": cmd_serve, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -184,6 +184,26 @@ class RetrievalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Hyperparameter search (``crossfuse tune``, extra ``crossfuse[tune]``: Optuna).
+
+    ``space``: config key -> {log_uniform: [lo, hi]} | {uniform: [lo, hi]} | {int: [lo, hi]} |
+    {choice: [a, b, ...]}; empty: a default space (learning rate, weight decay, head dropout,
+    modality dropout, fusion method). ``trials`` is the study's total: workers stop when the study
+    holds that many finished trials, and running the command again continues up to it.
+    """
+
+    space: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    trials: int = 20
+    timeout: Optional[float] = None  # seconds per worker; null: no limit
+    seed: int = 0  # TPE sampler's seed (each worker adds its number)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    storage: Optional[str] = None  # null: a journal file in <output_dir>/tune; or a PostgreSQL/MySQL URL
+    study: Optional[str] = None  # null: the output_dir's name
+    epochs: Optional[int] = None  # train.epochs of each trial; null: the config's
+
+
+@dataclass
 class Config:
     modalities: Dict[str, ModalityConfig] = field(default_factory=dict)  # empty: inferred from the manifest
     data: DataConfig = field(default_factory=DataConfig)
@@ -193,6 +213,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     output_dir: str = "runs/latest"
 
     def to_dict(self) -> Dict[str, Any]:
