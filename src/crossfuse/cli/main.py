@@ -104,6 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--no-refit", action="store_true", help="write trials.csv, best.yaml and plots only")
     tu.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
 
+    en = sub.add_parser("ensemble", help="combine saved models into one: mean, greedy selection or stacking")
+    en.add_argument("models", type=Path, nargs="+", help="model directories (same modalities and processors)")
+    en.add_argument("--fit-on", type=Path, required=True, help="labelled manifest the weights are fitted on; "
+                    "rows the members did not train on (their validation data)")
+    en.add_argument("--out", type=Path, required=True, help="the ensemble's model directory")
+    en.add_argument("--method", choices=["mean", "greedy", "stack"], default="greedy",
+                    help="mean of probabilities; greedy forward selection with replacement (Caruana); or a "
+                    "logistic/ridge meta-learner with out-of-fold scores (default: greedy)")
+    en.add_argument("--rounds", type=int, default=25, help="greedy: selection rounds")
+    en.add_argument("--folds", type=int, default=5, help="stack: cross-fitting folds for the out-of-fold score")
+    en.add_argument("--on-bad-item", choices=["error", "skip", "missing"], default="error")
+
     sv = sub.add_parser("serve", help="serve a model (and search indexes) over HTTP: REST API and a web page")
     sv.add_argument("model", type=Path, help="model directory (fusion or retrieval)")
     sv.add_argument("--index", action="append", default=[], metavar="[NAME=]DIR",
@@ -345,6 +357,21 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from crossfuse.engine.ensemble import build_ensemble
+
+    r = build_ensemble(args.models, args.fit_on, args.out, args.method, folds=args.folds, rounds=args.rounds,
+                       on_bad_item=args.on_bad_item)
+    print(f"{r['metric']} on {args.fit_on} ({r['rows']} rows):")
+    for d, v in r["members"].items():
+        weight = "" if r["method"] == "stack" else f"  weight {r['weights'][d]:.3f}"
+        print(f"  {v:.4f}{weight}  {d}")
+    print(f"  {r['ensemble']:.4f}  ensemble ({r['method']}" + (f"; out-of-fold {r['out_of_fold']:.4f}" if
+                                                            "out_of_fold" in r else "") + ")")
+    print(f"model: {args.out}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from crossfuse.serve.server import index_args, serve
 
@@ -372,7 +399,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "index": cmd_index,
             "search": cmd_search, "validate": cmd_validate, "list": cmd_list, "cache": cmd_cache,
-            "compare": cmd_compare, "tune": cmd_tune, "serve": cmd_serve, "demo": cmd_demo}
+            "compare": cmd_compare, "tune": cmd_tune, "ensemble": cmd_ensemble, "serve": cmd_serve, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

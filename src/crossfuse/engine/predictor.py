@@ -37,6 +37,8 @@ class Predictor:
         """Rebuild a saved model; it reads the embedding cache as its training config said."""
         model, processors, meta = load_model(path)
         root = cache_root((meta.get("config") or {}).get("cache") or {})
+        if not getattr(model, "uses_cache", True):  # an ensemble: its members' encoders run on each item
+            root = None
         return cls(model, processors, TaskSpec.from_dict(meta["task"]), meta, cache_root=root)
 
     def save(self, path: str | Path) -> Path:

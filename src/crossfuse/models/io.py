@@ -81,6 +81,8 @@ def load_model(path: str | Path, map_location: str = "cpu", modalities: Optional
 
 def architecture_problems(arch: Dict[str, Any]) -> List[str]:
     """Unknown component names and parameters, and weights sources, in an architecture dict."""
+    if arch.get("kind") == "ensemble":
+        return ensemble_problems(arch)
     problems: List[str] = []
     for m, e in arch["encoders"].items():
         if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(e.get("kwargs"), dict):
@@ -111,6 +113,33 @@ def architecture_problems(arch: Dict[str, Any]) -> List[str]:
 
 
 MAX_OUTPUTS = 100_000  # classes a saved model may have
+
+
+def ensemble_problems(arch: Dict[str, Any]) -> List[str]:
+    """An ensemble's method, sizes and weights, then each member's architecture."""
+    from crossfuse.models.ensemble import MAX_MEMBERS, METHODS
+
+    members, weights = arch.get("members"), arch.get("weights")
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+        return [f"members: must be a list of 1 to {MAX_MEMBERS} architectures"]
+    problems = [] if arch.get("method") in METHODS else [f"method: must be one of {', '.join(METHODS)}"]
+    if not isinstance(weights, list) or len(weights) != len(members) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights):
+        problems.append(f"weights: must be {len(members)} numbers >= 0")
+    out = arch.get("out_dim")
+    if isinstance(out, bool) or not isinstance(out, int) or not 1 <= out <= MAX_OUTPUTS:
+        problems.append(f"out_dim: must be an integer in [1, {MAX_OUTPUTS:,}]. Got {out!r}.")
+    if not isinstance(arch.get("regression"), bool):
+        problems.append("regression: must be true or false")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or m.get("kind") is not None or not isinstance(m.get("encoders"), dict) \
+                or not m["encoders"]:
+            problems.append(f"members[{i}]: not a fusion model architecture")
+            continue
+        problems += [f"members[{i}].{p}" for p in architecture_problems(m)]
+    if not problems and arch.get("encoders") != members[0]["encoders"]:
+        problems.append("encoders: must be the first member's")
+    return problems
 TRUST_LIMITS = {"dim": 65536, "rank": 4096, "centers": 100_000, "reference": 10_000_000}
 
 
@@ -156,7 +185,9 @@ def _select_towers(arch: Dict[str, Any], modalities: Optional[Sequence[str]], pa
 
 
 def _builder(arch: Dict[str, Any]) -> Callable[[], nn.Module]:
-    cls = RetrievalModel if arch.get("kind") == "retrieval" else FusionModel
+    from crossfuse.models.ensemble import EnsembleModel
+
+    cls = {"retrieval": RetrievalModel, "ensemble": EnsembleModel}.get(arch.get("kind"), FusionModel)
     return lambda: cls.from_architecture(arch)
 
 
