@@ -67,6 +67,23 @@ def test_a_study_end_to_end_and_best_yaml_reproduces_the_best_trial(tmp_path, ca
     assert len(pd.read_csv(out / "trials.csv")) == 4
 
 
+def test_tune_ensemble_refits_the_best_trials_and_weighs_them_on_validation(tmp_path, capsys):
+    config = write_config(tmp_path, trials=3, ensemble=2)
+    assert main(["-q", "tune", str(config)]) == 0
+    assert "ensemble of the best 2" in capsys.readouterr().out
+    out = tmp_path / "run" / "tune"
+    summary = yaml.safe_load((out / "tune.json").read_text())["ensemble"]
+    assert len(summary["members"]) == 2 and summary["members"][0].endswith("best/model")
+    assert sum(summary["weights"].values()) == pytest.approx(1.0)
+    assert 0 <= summary["test_best"] <= 1 and "test_ensemble" in summary
+    from crossfuse.engine import Predictor
+
+    ens = Predictor.load(out / "ensemble")
+    assert type(ens.model).__name__ == "EnsembleModel" and len(ens.model.members) == 2
+    with pytest.raises(ConfigError, match="tune.ensemble"):
+        setup(write_config(tmp_path / "bad", ensemble=1))
+
+
 def test_the_space_is_checked_before_any_trial(tmp_path):
     config = write_config(tmp_path)
     raw = yaml.safe_load(config.read_text())
@@ -86,16 +103,22 @@ def test_the_space_is_checked_before_any_trial(tmp_path):
 
 
 def test_two_workers_share_one_study_and_record_every_trial_once(tmp_path):
-    config = write_config(tmp_path, trials=6)
-    assert main(["-q", "tune", str(config), "--jobs", "2", "--no-refit"]) == 0
+    config = write_config(tmp_path, trials=8)
+    # two worker processes started together on one journal file
+    procs = [subprocess.Popen([sys.executable, "-m", "crossfuse", "-q", "tune", str(config), "--worker", str(k)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()
     s = setup(config)
     trials = open_study(s).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) and sorted(numbers) == list(range(len(numbers)))
-    # each worker stops once the study holds 6 finished trials; both may finish the one they run
-    assert 6 <= len(trials) <= 7
+    # each worker stops once the study holds 8 finished trials; both may finish the one they run
+    assert 8 <= len(trials) <= 9
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both processes ran trials
+    # --jobs: this process and a child on the same study, then the outputs
+    assert main(["-q", "tune", str(config), "--jobs", "2", "--trials", "10", "--no-refit"]) == 0
+    assert 10 <= len(pd.read_csv(tmp_path / "run" / "tune" / "trials.csv")) <= 11
 
 
 @pytest.mark.slow

@@ -354,6 +354,10 @@ def cmd_tune(args) -> int:
     print(f"outputs: {result.out}/trials.csv, best.yaml, history.png, slices.png, tune.json")
     if result.model_dir:
         print(f"model: {result.model_dir}\ntest: {json.dumps(b['refit_test'])}")
+    if "ensemble" in b:
+        e = b["ensemble"]
+        print(f"ensemble of the best {len(e['members'])}: {result.out / 'ensemble'}; {e['metric']} val {e['val']:.4f}"
+              + (f", test {e['test_ensemble']:.4f} (best single {e['test_best']:.4f})" if "test_ensemble" in e else ""))
     return 0
 
 

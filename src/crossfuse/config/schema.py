@@ -201,6 +201,7 @@ class TuneConfig:
     storage: Optional[str] = None  # null: a journal file in <output_dir>/tune; or a PostgreSQL/MySQL URL
     study: Optional[str] = None  # null: the output_dir's name
     epochs: Optional[int] = None  # train.epochs of each trial; null: the config's
+    ensemble: int = 0  # >= 2: also refit the best K trials and save their greedy ensemble (tune/ensemble)
 
 
 @dataclass

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 
 from crossfuse.atomic import atomic_write
@@ -50,11 +51,11 @@ def load_members(model_dirs: Sequence[Path]) -> List[Predictor]:
     return members
 
 
-def member_predictions(members: Sequence[Predictor], manifest: Path, on_bad_item: str = "error"
-                       ) -> Tuple[List[np.ndarray], np.ndarray]:
-    """Each member's outputs (logits, or standardised values) on a labelled manifest, and the
-    encoded targets."""
-    df, base_dir = read_manifest(manifest), manifest.parent
+def member_predictions(members: Sequence[Predictor], manifest: Path, on_bad_item: str = "error",
+                       frame: Optional[Tuple[pd.DataFrame, Path]] = None) -> Tuple[List[np.ndarray], np.ndarray]:
+    """Each member's outputs (logits, or standardised values) on a labelled manifest (or on
+    ``frame``: rows and their base folder), and the encoded targets."""
+    df, base_dir = frame if frame is not None else (read_manifest(manifest), manifest.parent)
     kept, missing = members[0].prepare(df, base_dir, str(manifest), with_target=True, on_bad_item=on_bad_item)
     if not len(kept):
         raise CrossfuseError(f"no usable labelled row in {manifest}")
@@ -141,15 +142,19 @@ def _fit_meta(regression: bool, n_classes: int):
 
 
 def build_ensemble(model_dirs: Sequence[Path], fit_on: Path, out: Path, method: str = "greedy", folds: int = 5,
-                   rounds: int = 25, on_bad_item: str = "error") -> Dict[str, Any]:
-    """Fit the ensemble's weights (or meta-learner) on ``fit_on`` and save it to ``out``; returns
-    the report (each member's and the ensemble's metrics on ``fit_on``; for stack, out-of-fold)."""
+                   rounds: int = 25, on_bad_item: str = "error", frame: Optional[Tuple[pd.DataFrame, Path]] = None,
+                   allow_outside_paths: bool = False) -> Dict[str, Any]:
+    """Fit the ensemble's weights (or meta-learner) on ``fit_on`` (or ``frame``, named ``fit_on``)
+    and save it to ``out``; returns the report (each member's and the ensemble's metrics on the
+    fitting rows; for stack, out-of-fold)."""
     if method not in METHODS:
         raise CrossfuseError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     members = load_members([Path(d) for d in model_dirs])
+    for p in members:
+        p.allow_outside_paths = allow_outside_paths
     task = members[0].task
     regression = task.kind == "regression"
-    preds, y = member_predictions(members, Path(fit_on), on_bad_item)
+    preds, y = member_predictions(members, Path(fit_on), on_bad_item, frame)
     name = "accuracy" if not regression else "rmse"
     report: Dict[str, Any] = {"method": method, "fit_on": str(fit_on), "rows": int(len(y)),
                               "members": {str(d): task.metrics(p, y)[name] for d, p in zip(model_dirs, preds)},

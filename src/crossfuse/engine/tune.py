@@ -171,6 +171,7 @@ class TuneSetup:
     seed: int
     pruner: str
     epochs: Optional[int]
+    ensemble: int = 0
 
 
 def setup(config: Path, overrides: Sequence[str] = (), trials: Optional[int] = None, timeout: Optional[float] = None,
@@ -186,8 +187,10 @@ def setup(config: Path, overrides: Sequence[str] = (), trials: Optional[int] = N
         raise ConfigError([f"tune.trials must be >= 1. Got {trials}."])
     out = Path(cfg.output_dir) / "tune"
     storage = storage or tc.storage or str(out / "journal.log")
+    if tc.ensemble == 1 or tc.ensemble < 0 or tc.ensemble > 64:
+        raise ConfigError([f"tune.ensemble must be 0 (none) or 2 to 64 trials. Got {tc.ensemble}."])
     return TuneSetup(raw, space, out, storage, study or tc.study or Path(cfg.output_dir).name, trials,
-                     timeout if timeout is not None else tc.timeout, tc.seed, tc.pruner, tc.epochs)
+                     timeout if timeout is not None else tc.timeout, tc.seed, tc.pruner, tc.epochs, tc.ensemble)
 
 
 def _storage(url: str):
@@ -264,7 +267,9 @@ def work(s: TuneSetup, worker: int = 0, progress: bool = True) -> None:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         params = {k: suggest(trial, k, spec) for k, spec in s.space.items()}
-        cfg = parse_config(trial_raw(with_params(s.raw, params), s.epochs, str(s.out / "trials" / str(trial.number))))
+        raw = trial_raw(with_params(s.raw, params), s.epochs, str(s.out / "trials" / str(trial.number)))
+        raw["train"]["baseline"] = False  # the linear baseline is for reports; a trial needs its score only
+        cfg = parse_config(raw)
         clock = time.perf_counter()
         quiet = logging.getLogger("crossfuse")
         level = quiet.level
@@ -365,8 +370,42 @@ def finish(s: TuneSetup, refit: bool = True) -> TuneResult:
         model_dir = run.model_dir
         summary["refit_val"] = run.train.best_score
         summary["refit_test"] = task_for(cfg).headline(run.metrics)
+    if refit and s.ensemble >= 2:
+        summary["ensemble"] = ensemble_of_best(s, study, table, s.ensemble)
     atomic_write(s.out / "tune.json", json.dumps(summary, indent=2, default=str))
     return TuneResult(s.out, summary, table, model_dir, summary)
+
+
+def ensemble_of_best(s: TuneSetup, study, table: pd.DataFrame, k: int) -> Dict[str, Any]:
+    """Refit the best ``k`` complete trials (the best one is tune/best) and save their greedy
+    ensemble, weighted on the validation rows of the split, to tune/ensemble; its test score
+    next to the best single model's."""
+    from crossfuse.engine.ensemble import build_ensemble
+    from crossfuse.engine.predictor import Predictor
+    from crossfuse.engine.run import load_table, run_task, task_for
+
+    done = table[table["state"] == "COMPLETE"].sort_values("value", ascending=False).head(k)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    dirs = [s.out / "best" / "model"]
+    for number in done["trial"].tolist()[1:]:
+        raw = trial_raw(with_params(s.raw, by_number[int(number)].params), s.epochs, str(s.out / "top" / str(number)))
+        cfg = parse_config(raw)
+        dirs.append(run_task(task_for(cfg), cfg).model_dir)
+    cfg = parse_config(trial_raw(s.raw, s.epochs))
+    df, base_dir, file = load_table(cfg)
+    split = pd.read_csv(s.out / "best" / "split.csv")
+    rows = {p: split.loc[split["split"] == p, "row"].to_numpy() - 1 for p in ("val", "test")}
+    report = build_ensemble(dirs, Path(file), s.out / "ensemble", method="greedy",
+                            frame=(df.iloc[rows["val"]], base_dir), allow_outside_paths=cfg.data.allow_outside_paths)
+    out = {"members": [str(d) for d in dirs], "weights": report["weights"], "val": report["ensemble"],
+           "metric": report["metric"]}
+    if len(rows["test"]):
+        test = df.iloc[rows["test"]]
+        for name, d in (("ensemble", s.out / "ensemble"), ("best", dirs[0])):
+            p = Predictor.load(d)
+            p.allow_outside_paths = cfg.data.allow_outside_paths
+            out[f"test_{name}"] = p.evaluate_frame(test, base_dir, file, attribution=False)[report["metric"]]
+    return out
 
 
 def trials_table(study) -> pd.DataFrame:
