@@ -61,6 +61,7 @@ benchmarks: install-bench install-test data/tuxpaint/manifest.csv data/av_digits
 	$(PY) benchmarks/retrieval_tuxpaint.py --seeds 0 1 2
 	$(PY) benchmarks/search_latency.py
 	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/tune_tuxpaint.py
 
 # espeak-ng synthesises the spoken digits of AV-digits; Debian package, needs root (as in CI)
 espeak-ng:

@@ -358,11 +358,12 @@ def finish(s: TuneSetup, refit: bool = True) -> TuneResult:
     atomic_write(s.out / "best.yaml", yaml.safe_dump(best_raw, sort_keys=False))
     plot_study(table, s.out)
     monitor = best.user_attrs.get("monitor")
-    minutes = table["seconds"].dropna().sum() / 60 if "seconds" in table else 0.0
+    finished = table[table["state"].isin(FINISHED)]
+    minutes = finished["duration_s"].dropna().sum() / 60  # every finished trial's time, pruned ones included
     summary = {"study": s.study, "storage": s.storage, "trials": table["state"].value_counts().to_dict(),
                "best_trial": best.number, "best_params": best.params, "monitor": monitor,
                f"best_val_{monitor}": best.user_attrs.get(f"val_{monitor}"),
-               "trials_per_minute": round(len(complete) / minutes, 2) if minutes else None}
+               "trials_per_minute": round(len(finished) / minutes, 2) if minutes else None}
     model_dir = None
     if refit:
         cfg = parse_config(best_raw)
