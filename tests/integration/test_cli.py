@@ -171,3 +171,32 @@ def test_predict_with_a_whole_modality_absent(trained, capsys):
     pred = pd.read_csv(out)
     assert len(pred) == 60 and (pred["weight_text"] == 0).all()  # attention gives the absent text nothing
     assert np.allclose(pred[["weight_image", "weight_tabular"]].sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_run_tracking_logs_every_epoch_and_the_config(tmp_path, logger):
+    """train.logger: each epoch's record (as history.json has it) and the config, through Fabric's loggers."""
+    from conftest import make_items, tiny_config
+
+    cfg = tiny_config(make_items(tmp_path / "data", n=24), tmp_path / "run", epochs=3, logger=logger)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "train", str(tmp_path / "c.yaml")]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert all(h["peak_memory_mb"] > 10 and h["samples_per_s"] > 0 for h in history)
+    version = tmp_path / "run" / "logs" / logger / "version_0"
+    if logger == "csv":
+        import pandas as pd
+
+        logged = pd.read_csv(version / "metrics.csv")
+        assert logged["step"].tolist() == [h["epoch"] for h in history]
+        assert logged["train_loss"].tolist() == pytest.approx([h["train_loss"] for h in history])
+        assert logged["val_accuracy"].tolist() == pytest.approx([h["val_accuracy"] for h in history])
+        assert "fusion.name" in (version / "hparams.yaml").read_text()
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(version))
+        events.Reload()
+        loss = [e.value for e in events.Scalars("train_loss")]
+        assert loss == pytest.approx([h["train_loss"] for h in history], rel=1e-5)
+        assert "samples_per_s" in events.Tags()["scalars"]

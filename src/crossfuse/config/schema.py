@@ -126,6 +126,9 @@ class TrainConfig:
     # fusion models: fit logistic/ridge regression on each modality's features and on all of them
     # (frozen encoders' outputs, else the raw inputs) and report it beside the model
     baseline: bool = True
+    # run tracking: every epoch's record (losses, validation metrics, samples/s, peak memory) and the
+    # run's config go to OUTPUT_DIR/logs/<logger>/ through Lightning Fabric's loggers
+    logger: Literal["none", "csv", "tensorboard"] = "none"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 

@@ -184,7 +184,8 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
     timings = {"extract_seconds": time.perf_counter() - clock}
     out_dir = Path(cfg.output_dir) if save else None
     trainer = Trainer(cfg.train, checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
-                      callbacks=callbacks, **task.trainer_options(ctx))
+                      callbacks=callbacks, log_dir=None if out_dir is None else out_dir / "logs",
+                      hparams=cfg.to_dict(), **task.trainer_options(ctx))
     val = splits["val"]
     clock = time.perf_counter()
     result = trainer.fit(model, ctx.dataset(splits["train"], task.targets(ctx, splits["train"]), True),

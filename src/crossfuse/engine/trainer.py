@@ -84,7 +84,8 @@ class Trainer:
                  monitor: str, higher_is_better: bool, checkpoint_path: Optional[Path] = None,
                  callbacks: Sequence[Any] = (), step_loss: Optional[Callable[[Any, Batch], torch.Tensor]] = None,
                  evaluate: Optional[Callable[[torch.nn.Module, DataLoader, torch.device], Dict[str, Any]]] = None,
-                 on_gradients: Optional[Callable[..., None]] = None):
+                 on_gradients: Optional[Callable[..., None]] = None, log_dir: Optional[Path] = None,
+                 hparams: Optional[Dict[str, Any]] = None):
         """``step_loss(output, batch)`` and ``evaluate(model, val_loader, device)`` replace the default
         (loss_fn on logits and targets; metrics_fn on collected logits) for other kinds of model.
         ``on_gradients(model, output, batch, reduce)`` may change the gradients after each backward
@@ -96,8 +97,9 @@ class Trainer:
         self.monitor, self.higher_is_better = monitor, higher_is_better
         self.checkpoint_path = checkpoint_path
         self.callbacks = list(callbacks)
+        self.hparams = hparams or {}
         self.fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                             precision=resolve_precision(cfg))
+                             precision=resolve_precision(cfg), loggers=run_loggers(cfg.logger, log_dir))
         self.fabric.launch()
 
     @property
@@ -160,11 +162,18 @@ class Trainer:
         if resume:
             self._restore(run)
         result = TrainResult(monitor=self.monitor)
-        for epoch in range(run.state["epoch"], self.cfg.epochs):
-            record = self._train_epoch(run, epoch)
-            if self._end_epoch(run, epoch, record):
-                result.stopped_early = True
-                break
+        if self.is_main:
+            for lg in self.fabric.loggers:
+                log_config(lg, flat(self.hparams or {"train": vars(self.cfg)}))
+        try:
+            for epoch in range(run.state["epoch"], self.cfg.epochs):
+                record = self._train_epoch(run, epoch)
+                if self._end_epoch(run, epoch, record):
+                    result.stopped_early = True
+                    break
+        finally:
+            for lg in self.fabric.loggers:
+                lg.finalize("success")
         if run.state["best_model"] is not None:
             run.raw_model.load_state_dict(run.state["best_model"], strict=not run.frozen)
         elif run.state.get("ema") is not None:  # no validation split: the average at the last step
@@ -267,7 +276,11 @@ class Trainer:
                                  best_model=copy.deepcopy(run.changing_state()))
                 else:
                     state["bad_epochs"] += 1
+        record["peak_memory_mb"] = peak_memory_mb(self.fabric.device)
         state["history"].append(record)
+        if self.fabric.loggers:
+            self.fabric.log_dict({k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))},
+                                 step=epoch + 1)
         state["epoch"] = epoch + 1
         if self.is_main:
             shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}")
@@ -286,6 +299,64 @@ class Trainer:
                 log.info("Early stopping: no %s improvement for %d epochs", self.monitor, state["bad_epochs"])
             return True
         return False
+
+
+def run_loggers(kind: str, log_dir: Optional[Path]) -> list:
+    """Fabric's loggers for ``train.logger`` under ``log_dir`` (none for a run that is not saved)."""
+    if kind == "none" or log_dir is None:
+        return []
+    if kind == "csv":
+        from lightning_fabric.loggers import CSVLogger
+
+        return [CSVLogger(root_dir=str(log_dir), name="csv")]
+    from crossfuse.errors import MissingDependencyError
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("train.logger: tensorboard needs the 'tensorboard' package: "
+                                         "pip install 'crossfuse[tensorboard]'") from None
+    from lightning_fabric.loggers import TensorBoardLogger
+
+    return [TensorBoardLogger(root_dir=str(log_dir), name="tensorboard")]
+
+
+def log_config(logger, params: Dict[str, Any]) -> None:
+    """The run's config to a logger; Fabric's CSV logger takes none, so it goes beside its metrics."""
+    try:
+        logger.log_hyperparams(params)
+    except NotImplementedError:
+        import yaml
+
+        from crossfuse.atomic import atomic_write
+
+        atomic_write(Path(logger.log_dir) / "hparams.yaml", yaml.safe_dump(params, sort_keys=False))
+
+
+def flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested config as dotted keys with plain values (what loggers' hyperparameter tables take)."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flat(v, key + "."))
+        elif hasattr(v, "__dataclass_fields__"):
+            out.update(flat(vars(v), key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's peak resident memory so far (a GPU run: the device's peak allocation)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def min_epochs(c: TrainConfig) -> int:
