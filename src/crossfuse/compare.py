@@ -34,15 +34,20 @@ def variants(base: Config, fusions: Sequence[str], singles: bool) -> List[tuple]
 
 
 def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str]] = None,
-                   seeds: Sequence[int] = (0, 1, 2), singles: bool = True, save_runs: bool = False) -> List[Dict]:
+                   seeds: Sequence[int] = (0, 1, 2), singles: bool = True, save_runs: bool = False,
+                   ensemble: bool = False) -> List[Dict]:
     """Train every variant once per seed (seed drives init, split order and dropout) and test it.
 
     Each run keeps its metrics.json and history.json under out/<variant>/seed<k> (a few KB);
-    with ``save_runs`` also its model directory and full report.
+    with ``save_runs`` also its model directory and full report. With ``ensemble`` (which saves
+    the runs) each seed's fusion models are also combined by greedy selection, weighted on that
+    seed's validation rows, and tested: one more row.
     """
     out = Path(out)
     fusions = list(fusions or FUSIONS.names())
+    save_runs = save_runs or ensemble
     rows, baseline = [], None
+    fusion_dirs: Dict[int, List[Path]] = {}
     for label, modalities, fusion in variants(base, fusions, singles):
         runs = []
         for seed in seeds:
@@ -59,6 +64,8 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
                 atomic_write(run_dir / "history.json", json.dumps(result.train.history, indent=2))
             if wants_baseline:
                 baseline = result.metrics.get("baseline")
+            if len(modalities) == len(base.modalities) and result.model_dir is not None:
+                fusion_dirs.setdefault(seed, []).append(result.model_dir)
             best = result.train.history[result.train.best_epoch - 1] if result.train.best_epoch else {}
             runs.append({"seed": seed, **{k: result.metrics.get(k) for k in METRICS},
                          **{f"val_{k}": best.get(f"val_{k}") for k in METRICS},
@@ -68,9 +75,38 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
             log.info("%s, seed %d: %s", label, seed, ", ".join(f"{k} {v:.4g}" for k, v in runs[-1].items()
                                                                  if k != "seed" and v is not None))
         rows.append(summarise(label, "+".join(modalities), runs))
+    if ensemble and all(len(d) >= 2 for d in fusion_dirs.values()) and fusion_dirs:
+        rows.append(summarise(f"greedy ensemble of {len(next(iter(fusion_dirs.values())))} fusion methods",
+                              "+".join(base.modalities), [ensemble_run(base, dirs, out / "ensemble" / f"seed{seed}",
+                                                                       seed) for seed, dirs in fusion_dirs.items()]))
     rows += baseline_rows(baseline, base)
     write_comparison(out, rows)
     return rows
+
+
+def ensemble_run(base: Config, dirs: List[Path], out: Path, seed: int) -> Dict:
+    """The greedy ensemble of one seed's fusion models, weighted on its validation rows, tested."""
+    import pandas as pd
+
+    from crossfuse.engine.ensemble import build_ensemble
+    from crossfuse.engine.predictor import Predictor
+    from crossfuse.engine.run import load_table
+
+    start = time.perf_counter()
+    df, base_dir, file = load_table(base)
+    split = pd.read_csv(dirs[0].parent / "split.csv")
+    part = {p: df.iloc[split.loc[split["split"] == p, "row"].to_numpy() - 1] for p in ("val", "test")}
+    outside = base.data.allow_outside_paths
+    report = build_ensemble(dirs, Path(file), out, method="greedy", frame=(part["val"], base_dir),
+                            allow_outside_paths=outside)
+    p = Predictor.load(out)
+    p.allow_outside_paths = outside
+    val = p.evaluate_frame(part["val"], base_dir, file, attribution=False)
+    test = p.evaluate_frame(part["test"], base_dir, file, attribution=False)
+    weights = ", ".join(f"{Path(d).parent.parent.name} {w:.2f}" for d, w in report["weights"].items() if w > 0)
+    log.info("greedy ensemble, seed %d: weights %s; test %s", seed, weights, test.get("accuracy", test.get("rmse")))
+    return {"seed": seed, **{k: test.get(k) for k in METRICS}, **{f"val_{k}": val.get(k) for k in METRICS},
+            "epochs": 0, "seconds": time.perf_counter() - start, "weights": report["weights"]}
 
 
 def baseline_rows(baseline: Optional[Dict], base: Config) -> List[Dict]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from crossfuse.compare import comparison_table, run_comparison
 from crossfuse.config import parse_config
@@ -34,3 +35,22 @@ def test_compare_keeps_each_runs_metrics_and_times_extraction_apart(tmp_path, mo
     assert first["train_seconds"] < first["seconds"]
     table = comparison_table(rows)
     assert "| epochs | extract seconds | train seconds |" in table.splitlines()[0]
+
+
+def test_compare_ensemble_adds_the_greedy_ensemble_of_each_seeds_fusion_models(tmp_path):
+    from crossfuse.engine import Predictor
+
+    manifest = make_items(tmp_path / "d", n=48)
+    raw = tiny_config(manifest, tmp_path / "run", epochs=2)
+    rows = run_comparison(parse_config(raw), tmp_path / "cmp", fusions=["concat", "gated"], seeds=[0, 1],
+                          singles=True, ensemble=True)
+    names = [r["model"] for r in rows]
+    ens = rows[names.index("greedy ensemble of 2 fusion methods")]
+    assert [r["seed"] for r in ens["runs"]] == [0, 1]
+    for run in ens["runs"]:
+        assert 0.3 <= run["accuracy"] <= 1.0 and run["val_accuracy"] is not None
+        assert abs(sum(run["weights"].values()) - 1.0) < 1e-9
+        assert all("image" not in Path(d).parts[-3] for d in run["weights"])  # single-modality runs are not members
+    model = Predictor.load(tmp_path / "cmp" / "ensemble" / "seed0").model
+    assert type(model).__name__ == "EnsembleModel" and len(model.members) == 2
+    assert "greedy ensemble of 2 fusion methods" in comparison_table(rows)

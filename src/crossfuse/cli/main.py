@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fusions", help="comma-separated fusion methods (default: every registered one)")
     c.add_argument("--no-singles", action="store_true", help="skip the single-modality baselines")
     c.add_argument("--save-runs", action="store_true", help="keep every run's model and report")
+    c.add_argument("--ensemble", action="store_true", help="also the greedy ensemble of each seed's fusion models, "
+                   "weighted on validation (keeps the runs)")
 
     tu = sub.add_parser("tune", help="search hyperparameters with Optuna (the config's tune.space), then refit "
                         "the best")
@@ -329,7 +331,7 @@ def cmd_compare(args) -> int:
     out = args.out or Path(f"{cfg.output_dir}-compare")
     fusions = args.fusions.split(",") if args.fusions else None
     rows = run_comparison(cfg, out, fusions=fusions, seeds=args.seeds, singles=not args.no_singles,
-                          save_runs=args.save_runs)
+                          save_runs=args.save_runs, ensemble=args.ensemble)
     print(comparison_table(rows))
     print(f"\ncomparison: {out}/comparison.md, {out}/comparison.png, {out}/comparison.json")
     return 0
