@@ -200,3 +200,25 @@ def test_run_tracking_logs_every_epoch_and_the_config(tmp_path, logger):
         loss = [e.value for e in events.Scalars("train_loss")]
         assert loss == pytest.approx([h["train_loss"] for h in history], rel=1e-5)
         assert "samples_per_s" in events.Tags()["scalars"]
+
+
+def test_fusion_auto_trains_each_method_briefly_and_keeps_the_best_on_validation(tmp_path, capsys):
+    from conftest import make_items, tiny_config
+
+    cfg = tiny_config(make_items(tmp_path / "data", n=48), tmp_path / "run", epochs=4)
+    cfg["fusion"] = {"name": "auto", "methods": ["concat", "gated", "late"], "epochs": 2}
+    cfg["train"]["early_stopping"] = {"metric": "loss", "min_epochs": 0}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "train", str(tmp_path / "c.yaml")]) == 0
+    auto = json.loads((tmp_path / "run" / "auto_fusion.json").read_text())
+    assert [r["fusion"] for r in auto["table"]] == ["concat", "gated", "late"] and auto["epochs"] == 2
+    best = min(auto["table"], key=lambda r: r["val_loss"])  # loss: lower is better
+    assert auto["chosen"] == best["fusion"]
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["architecture"]["fusion"]["name"] == best["fusion"]
+    cfg["fusion"] = {"name": "auto", "methods": ["concat", "nope"], "size": 3}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "'size'" in err

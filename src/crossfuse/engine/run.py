@@ -10,6 +10,7 @@ run) is one more RunTask, registered in ``TASKS``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from crossfuse.data.manifest import SPLIT_LIKE, leaking_columns
 from crossfuse.data.processors import PROCESSORS
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.trainer import Trainer, TrainResult, seed_all
-from crossfuse.errors import ConfigError, DataError, Problem
+from crossfuse.errors import ConfigError, CrossfuseError, DataError, Problem
 from crossfuse.models import make_processors, param_counts
 from crossfuse.registry import Registry
 from crossfuse.threads import set_threads
@@ -165,6 +166,9 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
         df, base_dir, file = load_table(cfg)
         flickr = Path(cfg.data.manifest).is_dir()
     base_dir = Path(base_dir or ".")
+    auto = None
+    if cfg.fusion is not None and cfg.fusion.name == "auto" and task.has_target:
+        cfg, auto = choose_fusion(task, cfg, df, base_dir)
     cfg = task.resolve(cfg, df, flickr)
     processors, problems = validate_data(cfg, df, base_dir, file)
     df, policy_report = apply_policy(df, problems, cfg.data.on_bad_item, cfg.data.target if task.has_target else None)
@@ -210,7 +214,61 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
     if out_dir is not None and is_main:
         save_run(out_dir, runner, cfg)
         write_split(out_dir, splits, cfg.data.id_column)
+        if auto is not None:
+            atomic_write(out_dir / "auto_fusion.json", json.dumps(auto, indent=2))
     return task.result_class(runner, metrics, result, out_dir, sizes, timings)
+
+
+def choose_fusion(task: RunTask, cfg: Config, df: pd.DataFrame, base_dir: Path) -> Tuple[Config, Dict[str, Any]]:
+    """``fusion.name: auto``: every fusion method (or ``fusion.methods``) trained for a short budget
+    (``fusion.epochs``, default a third of train.epochs, at least 5) on the same split, the embedding
+    cache serving frozen encoders; the best on validation is the one the run trains. A method that
+    cannot run on this data is skipped and said. Returns the config and the table chosen from."""
+    from crossfuse.fusion import FUSIONS
+    from crossfuse.models.factory import auto_fusion_problems
+
+    problems = auto_fusion_problems(cfg.fusion.params)
+    if problems:
+        raise ConfigError(problems)
+    methods = list(cfg.fusion.params.get("methods") or FUSIONS.names())
+    epochs = int(cfg.fusion.params.get("epochs") or min(cfg.train.epochs, max(5, cfg.train.epochs // 3)))
+    table: List[Dict[str, Any]] = []
+    for name in methods:
+        trial = dataclasses.replace(cfg, fusion=Component(name), train=dataclasses.replace(
+            cfg.train, epochs=epochs, baseline=False, progress=False))
+        clock = time.perf_counter()
+        direction = _Direction()
+        try:
+            result = run_task(task, trial, df, base_dir, save=False, callbacks=[direction])
+        except CrossfuseError as exc:
+            log.warning("fusion auto: %s skipped: %s", name, exc)
+            table.append({"fusion": name, "error": str(exc)})
+            continue
+        tr = result.train
+        table.append({"fusion": name, f"val_{tr.monitor}": tr.best_score, "best_epoch": tr.best_epoch,
+                      "seconds": round(time.perf_counter() - clock, 2), "higher_is_better": direction.higher})
+    scored = [r for r in table if "error" not in r and r.get(next(k for k in r if k.startswith("val_"))) is not None]
+    if not scored:
+        raise CrossfuseError("fusion: auto: no fusion method could be trained:\n" + "\n".join(
+            f"  - {r['fusion']}: {r.get('error')}" for r in table))
+    key = next(k for k in scored[0] if k.startswith("val_"))
+    sign = 1.0 if scored[0]["higher_is_better"] else -1.0
+    best = max(scored, key=lambda r: sign * r[key])
+    lines = [f"| fusion | {key} | best epoch | seconds |", "|---|---|---|---|"] + [
+        f"| {r['fusion']} | " + (f"{r[key]:.4f} | {r['best_epoch']} | {r['seconds']}" if "error" not in r
+                                 else "failed | - | -") + " |" for r in table]
+    log.info("fusion auto (%d epochs each): %s chosen\n%s", epochs, best["fusion"], "\n".join(lines))
+    return dataclasses.replace(cfg, fusion=Component(best["fusion"])), {
+        "chosen": best["fusion"], "epochs": epochs, "metric": key, "table": table}
+
+
+class _Direction:
+    """Trainer callback that learns whether the run's validation metric is better higher."""
+
+    higher = True
+
+    def on_epoch_end(self, trainer, state) -> None:
+        self.higher = bool(trainer.higher_is_better)
 
 
 def plan_problems(task: RunTask, cfg: Config, df: pd.DataFrame, file: str) -> Tuple[List[Problem], List[Problem]]:

@@ -45,12 +45,29 @@ def component_problems(cfg: Config) -> List[str]:
             problems.append(f"modalities.{name}.encoder: '{m.encoder.name}' encodes {cls.modality}, "
                             f"but modality '{name}' is {m.kind}")
         problems += [f"modalities.{name}.encoder: {p}" for p in ENCODERS.check_kwargs(m.encoder.name, m.encoder.params)]
-    if cfg.fusion is not None:
+    if cfg.fusion is not None and cfg.fusion.name == "auto":
+        problems += auto_fusion_problems(cfg.fusion.params)
+    elif cfg.fusion is not None:
         if cfg.fusion.name not in FUSIONS:
             problems.append(f"fusion: {FUSIONS.unknown_message(cfg.fusion.name)}")
         else:
             params = {k: v for k, v in cfg.fusion.params.items()}
             problems += [f"fusion: {p}" for p in FUSIONS.check_kwargs(cfg.fusion.name, params)]
+    return problems
+
+
+def auto_fusion_problems(params: Dict) -> List[str]:
+    """``fusion: {name: auto, methods: [...], epochs: N}``: the methods to try and their budget."""
+    problems = [f"fusion: auto takes 'methods' and 'epochs'; not '{k}'" for k in params if k not in ("methods", "epochs")]
+    methods = params.get("methods")
+    if methods is not None:
+        if not isinstance(methods, list) or len(methods) < 2:
+            problems.append("fusion.methods: a list of at least two fusion methods")
+        else:
+            problems += [f"fusion.methods: {FUSIONS.unknown_message(m)}" for m in methods if m not in FUSIONS]
+    epochs = params.get("epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        problems.append(f"fusion.epochs: a positive integer. Got {epochs!r}.")
     return problems
 
 
