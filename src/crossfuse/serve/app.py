@@ -120,13 +120,13 @@ def create_app(model_dir: Optional[Path] = None, indexes: Optional[Mapping[str, 
     async def model_info():
         return service.describe()
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_body(service, "inputs"),
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_body(service),
               summary="Predict for one item or a list; any modality may be left out", **v1)
     async def predict(request: Request):
         _, predictions = await run(_items(request, service), lambda _: ("predict",))
         return {"predictions": predictions}
 
-    @app.post("/v1/embed", response_model=EmbedResponse, openapi_extra=_body(service, "inputs"),
+    @app.post("/v1/embed", response_model=EmbedResponse, openapi_extra=_body(service),
               summary="Shared-space embeddings of each item's modalities (retrieval models)", **v1)
     async def embed(request: Request):
         _, results = await run(_items(request, service), lambda _: ("embed",))
@@ -289,7 +289,7 @@ class _TooLarge(Exception):
     pass
 
 
-def _body(service: Service, _name: str) -> Dict[str, Any]:
+def _body(service: Service) -> Dict[str, Any]:
     """OpenAPI request body of predict/embed: JSON items, or one item as a multipart form."""
     item = service.input_schema()
     form = {"type": "object", "additionalProperties": False, "properties": {
