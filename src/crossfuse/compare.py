@@ -86,16 +86,13 @@ def run_comparison(base: Config, out: str | Path, fusions: Optional[Sequence[str
 
 def ensemble_run(base: Config, dirs: List[Path], out: Path, seed: int) -> Dict:
     """The greedy ensemble of one seed's fusion models, weighted on its validation rows, tested."""
-    import pandas as pd
-
     from crossfuse.engine.ensemble import build_ensemble
     from crossfuse.engine.predictor import Predictor
-    from crossfuse.engine.run import load_table
+    from crossfuse.engine.run import load_table, read_split
 
     start = time.perf_counter()
     df, base_dir, file = load_table(base)
-    split = pd.read_csv(dirs[0].parent / "split.csv")
-    part = {p: df.iloc[split.loc[split["split"] == p, "row"].to_numpy() - 1] for p in ("val", "test")}
+    part = read_split(dirs[0].parent, df)
     outside = base.data.allow_outside_paths
     report = build_ensemble(dirs, Path(file), out, method="greedy", frame=(part["val"], base_dir),
                             allow_outside_paths=outside)

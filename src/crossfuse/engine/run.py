@@ -233,42 +233,33 @@ def choose_fusion(task: RunTask, cfg: Config, df: pd.DataFrame, base_dir: Path) 
     methods = list(cfg.fusion.params.get("methods") or FUSIONS.names())
     epochs = int(cfg.fusion.params.get("epochs") or min(cfg.train.epochs, max(5, cfg.train.epochs // 3)))
     table: List[Dict[str, Any]] = []
+    monitor, higher = None, True  # the runs' early-stopping metric and its direction
     for name in methods:
         trial = dataclasses.replace(cfg, fusion=Component(name), train=dataclasses.replace(
             cfg.train, epochs=epochs, baseline=False, progress=False))
         clock = time.perf_counter()
-        direction = _Direction()
         try:
-            result = run_task(task, trial, df, base_dir, save=False, callbacks=[direction])
+            result = run_task(task, trial, df, base_dir, save=False)
         except CrossfuseError as exc:
             log.warning("fusion auto: %s skipped: %s", name, exc)
             table.append({"fusion": name, "error": str(exc)})
             continue
         tr = result.train
+        monitor, higher = tr.monitor, tr.higher_is_better
         table.append({"fusion": name, f"val_{tr.monitor}": tr.best_score, "best_epoch": tr.best_epoch,
-                      "seconds": round(time.perf_counter() - clock, 2), "higher_is_better": direction.higher})
-    scored = [r for r in table if "error" not in r and r.get(next(k for k in r if k.startswith("val_"))) is not None]
+                      "seconds": round(time.perf_counter() - clock, 2), "higher_is_better": higher})
+    key = f"val_{monitor}"
+    scored = [r for r in table if r.get(key) is not None]
     if not scored:
         raise CrossfuseError("fusion: auto: no fusion method could be trained:\n" + "\n".join(
             f"  - {r['fusion']}: {r.get('error')}" for r in table))
-    key = next(k for k in scored[0] if k.startswith("val_"))
-    sign = 1.0 if scored[0]["higher_is_better"] else -1.0
-    best = max(scored, key=lambda r: sign * r[key])
+    best = max(scored, key=lambda r: r[key] if higher else -r[key])
     lines = [f"| fusion | {key} | best epoch | seconds |", "|---|---|---|---|"] + [
         f"| {r['fusion']} | " + (f"{r[key]:.4f} | {r['best_epoch']} | {r['seconds']}" if "error" not in r
                                  else "failed | - | -") + " |" for r in table]
     log.info("fusion auto (%d epochs each): %s chosen\n%s", epochs, best["fusion"], "\n".join(lines))
     return dataclasses.replace(cfg, fusion=Component(best["fusion"])), {
         "chosen": best["fusion"], "epochs": epochs, "metric": key, "table": table}
-
-
-class _Direction:
-    """Trainer callback that learns whether the run's validation metric is better higher."""
-
-    higher = True
-
-    def on_epoch_end(self, trainer, state) -> None:
-        self.higher = bool(trainer.higher_is_better)
 
 
 def plan_problems(task: RunTask, cfg: Config, df: pd.DataFrame, file: str) -> Tuple[List[Problem], List[Problem]]:
@@ -361,6 +352,14 @@ def save_run(out_dir: Path, runner: Any, cfg: Config) -> None:
     runner.save(out_dir / "model")
     save_yaml(cfg, out_dir / "config.yaml")
     log.info("Saved model to %s", out_dir / "model")
+
+
+def read_split(run_dir: Path, df: pd.DataFrame) -> Dict[str, pd.DataFrame]:
+    """The rows of ``df`` (the run's manifest as ``load_table`` reads it) in each part of the
+    split the run wrote to split.csv (``write_split``)."""
+    split = pd.read_csv(Path(run_dir) / "split.csv")
+    return {part: df.iloc[split.loc[split["split"] == part, "row"].to_numpy() - 1]
+            for part in ("train", "val", "test")}
 
 
 def write_split(out_dir: Path, splits: Dict[str, pd.DataFrame], id_column: Optional[str]) -> None:

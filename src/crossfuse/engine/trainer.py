@@ -69,6 +69,7 @@ class TrainResult:
     best_score: Optional[float] = None
     stopped_early: bool = False
     monitor: str = ""
+    higher_is_better: bool = True  # the monitor's direction (loss and rmse: lower is better)
 
 
 def seed_all(seed: int) -> None:
@@ -161,7 +162,7 @@ class Trainer:
         run = self._setup(model, train_ds, val_ds, collate, sample_weights)
         if resume:
             self._restore(run)
-        result = TrainResult(monitor=self.monitor)
+        result = TrainResult(monitor=self.monitor, higher_is_better=self.higher_is_better)
         if self.is_main:
             for lg in self.fabric.loggers:
                 log_config(lg, flat(self.hparams or {"train": vars(self.cfg)}))

@@ -145,16 +145,14 @@ class _Reporter:
 
     def __init__(self, trial):
         self.trial = trial
-        self.higher: Optional[bool] = None  # the trainer's direction, learnt at the first epoch
 
     def on_epoch_end(self, trainer, state) -> None:
         import optuna
 
-        self.higher = bool(trainer.higher_is_better)
         value = state["history"][-1].get(f"val_{trainer.monitor}")
         if value is None:
             return
-        self.trial.report(value if self.higher else -value, state["epoch"])
+        self.trial.report(value if trainer.higher_is_better else -value, state["epoch"])
         if self.trial.should_prune():
             raise optuna.TrialPruned()
 
@@ -274,20 +272,18 @@ def work(s: TuneSetup, worker: int = 0, progress: bool = True) -> None:
         quiet = logging.getLogger("crossfuse")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # a trial's epoch lines would bury the progress bar
-        reporter = _Reporter(trial)
         try:
-            result = run_task(task_for(cfg), cfg, save=False, callbacks=[reporter])
+            result = run_task(task_for(cfg), cfg, save=False, callbacks=[_Reporter(trial)])
         finally:
             quiet.setLevel(level)
         tr = result.train
-        if tr.best_score is None or not math.isfinite(tr.best_score) or reporter.higher is None:
+        if tr.best_score is None or not math.isfinite(tr.best_score):
             raise CrossfuseError("the trial has no validation score (no validation split?)")
-        higher = reporter.higher
         trial.set_user_attr("monitor", tr.monitor)
         trial.set_user_attr(f"val_{tr.monitor}", float(tr.best_score))
         trial.set_user_attr("best_epoch", tr.best_epoch)
         trial.set_user_attr("seconds", round(time.perf_counter() - clock, 2))
-        return float(tr.best_score if higher else -tr.best_score)
+        return float(tr.best_score if tr.higher_is_better else -tr.best_score)
 
     bar = None
     if progress:
@@ -383,7 +379,7 @@ def ensemble_of_best(s: TuneSetup, study, table: pd.DataFrame, k: int) -> Dict[s
     next to the best single model's."""
     from crossfuse.engine.ensemble import build_ensemble
     from crossfuse.engine.predictor import Predictor
-    from crossfuse.engine.run import load_table, run_task, task_for
+    from crossfuse.engine.run import load_table, read_split, run_task, task_for
 
     done = table[table["state"] == "COMPLETE"].sort_values("value", ascending=False).head(k)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -394,14 +390,13 @@ def ensemble_of_best(s: TuneSetup, study, table: pd.DataFrame, k: int) -> Dict[s
         dirs.append(run_task(task_for(cfg), cfg).model_dir)
     cfg = parse_config(trial_raw(s.raw, s.epochs))
     df, base_dir, file = load_table(cfg)
-    split = pd.read_csv(s.out / "best" / "split.csv")
-    rows = {p: split.loc[split["split"] == p, "row"].to_numpy() - 1 for p in ("val", "test")}
+    part = read_split(s.out / "best", df)
     report = build_ensemble(dirs, Path(file), s.out / "ensemble", method="greedy",
-                            frame=(df.iloc[rows["val"]], base_dir), allow_outside_paths=cfg.data.allow_outside_paths)
+                            frame=(part["val"], base_dir), allow_outside_paths=cfg.data.allow_outside_paths)
     out = {"members": [str(d) for d in dirs], "weights": report["weights"], "val": report["ensemble"],
            "metric": report["metric"]}
-    if len(rows["test"]):
-        test = df.iloc[rows["test"]]
+    test = part["test"]
+    if len(test):
         for name, d in (("ensemble", s.out / "ensemble"), ("best", dirs[0])):
             p = Predictor.load(d)
             p.allow_outside_paths = cfg.data.allow_outside_paths

@@ -294,7 +294,7 @@ def _body(service: Service) -> Dict[str, Any]:
     item = service.input_schema()
     form = {"type": "object", "additionalProperties": False, "properties": {
         c: ({"type": "string", "format": "binary"} if d["type"] == "file" else {"type": "string"})
-        for c, (_, d) in service.fields().items()}}
+        for c, (_, d) in service.fields.items()}}
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"type": "object", "required": ["inputs"], "additionalProperties": False,
                                         "properties": {"inputs": {"oneOf": [

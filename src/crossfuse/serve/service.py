@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -27,7 +28,7 @@ import torch
 
 from crossfuse.data import Collator
 from crossfuse.data.processors.base import FileProcessor, is_blank
-from crossfuse.data.processors.image import open_image
+from crossfuse.data.processors.image import open_image, pixel_problem
 from crossfuse.engine import Predictor, Retriever, TaskSpec
 from crossfuse.engine.index_io import model_beside
 from crossfuse.engine.inference import collect_outputs
@@ -82,13 +83,14 @@ def sniff(kind: str, data: bytes, max_pixels: Optional[int] = None) -> str:
 
         try:
             with Image.open(io.BytesIO(data)) as img:
-                fmt, (w, h) = (img.format or "").lower(), img.size
+                fmt, size = (img.format or "").lower(), img.size
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            fmt, w, h = "", 0, 0
+            fmt = ""
         if not fmt:
             raise RequestError(415, "not an image file (PNG, JPEG, GIF, BMP, WebP or TIFF)")
-        if max_pixels is not None and w * h > max_pixels:
-            raise RequestError(413, f"{w} x {h} = {w * h:,} pixels is over the limit of {max_pixels:,}")
+        problem = pixel_problem(size, max_pixels) if max_pixels is not None else None
+        if problem:
+            raise RequestError(413, problem)
         return {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
     if kind == "audio":
         import soundfile as sf
@@ -168,12 +170,10 @@ class Service:
 
     # ---- what the model reads ------------------------------------------------------------------
 
-    @property
-    def modalities(self) -> List[str]:
-        return list(self.processors)
-
+    @cached_property
     def fields(self) -> Dict[str, Tuple[str, Dict[str, Any]]]:
-        """Every input field: column -> (modality, description)."""
+        """Every input field: column -> (modality, description) (the processors do not change, so
+        it is built once, not per request)."""
         out: Dict[str, Tuple[str, Dict[str, Any]]] = {}
         for m, proc in self.processors.items():
             for col in proc.columns:
@@ -190,7 +190,7 @@ class Service:
 
     def describe(self) -> Dict[str, Any]:
         """GET /v1/model: what the model is and what it reads."""
-        fields = self.fields()
+        fields = self.fields
         task = self.meta.get("task") or {}
         mods = [{"name": m, "kind": p.kind, "columns": list(p.columns),
                  "fields": [{"name": c, **fields[c][1]} for c in p.columns]} for m, p in self.processors.items()]
@@ -206,7 +206,7 @@ class Service:
     def input_schema(self) -> Dict[str, Any]:
         """JSON Schema of one item of POST /v1/predict (every field optional: a modality may be absent)."""
         props: Dict[str, Any] = {}
-        for col, (m, desc) in self.fields().items():
+        for col, (m, desc) in self.fields.items():
             if desc["type"] == "file":
                 props[col] = {"type": ["string", "null"], "contentEncoding": "base64",
                               "description": f"{m}: a {desc['kind']} file, base64 (or a multipart upload)"}
@@ -225,7 +225,7 @@ class Service:
                    position: Optional[int] = None) -> Item:
         """Check one item's fields (and uploads) and turn them into a row. Raises RequestError."""
         files = dict(files or {})
-        known = self.fields()
+        known = self.fields
         id_col = self.meta.get("id_column")
         for name in list(fields) + list(files):
             if name not in known and name != id_col:

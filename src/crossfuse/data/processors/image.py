@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
@@ -16,14 +16,21 @@ MAX_SIDE = 4096  # the largest input size a model may ask images to be resized t
 MAX_PIXELS = 64_000_000
 
 
+def pixel_problem(size: Tuple[int, int], max_pixels: int = MAX_PIXELS) -> Optional[str]:
+    """Why an image of ``size`` (width, height, from its header) is refused, or None."""
+    w, h = size
+    if w * h > max_pixels:
+        return f"{w} x {h} = {w * h:,} pixels is over the limit of {max_pixels:,} (processor parameter max_pixels)"
+    return None
+
+
 def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode fully (truncated files fail here, not mid-epoch); transparency goes onto white.
     An image over ``max_pixels`` is refused from its header, before anything is decoded."""
     with Image.open(path) as img:
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ValueError(f"{w} x {h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
-                             "(processor parameter max_pixels)")
+        problem = pixel_problem(img.size, max_pixels)
+        if problem:
+            raise ValueError(problem)
         img.load()
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
