@@ -153,6 +153,8 @@ def test_errors_name_the_field(client, served):
     error(post({"inputs": {"x": True}}), 422, "x", "bool")
     error(client.post("/v1/predict", content=b'{"inputs": {"x": Infinity}}', headers={"content-type": "application/json"}),
           422, "x", "not a finite number")
+    error(post({"inputs": {"x": 1e308}}), 422, "x", "out of range")  # its standardised value overflows float32
+    error(post({"inputs": {"x": 1e30}}), 422, None, "output is not finite")  # fits float32, the network overflows
     error(post({"inputs": {"colour": "red"}}), 422, "colour", "unknown field")
     error(post({"inputs": {}}), 422, None, "gives no modality")
     error(post({"inputs": []}), 422, "inputs")

@@ -137,3 +137,19 @@ def test_early_stopping_metric_must_suit_the_task(items, tmp_path):
     with pytest.raises(ConfigError, match="must be one of accuracy, f1_macro.* for classification. Got 'rmse'"):
         train(parse_config(raw))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_number_whose_standardised_value_overflows_float32_is_a_bad_cell_and_imputed(tmp_path):
+    import math
+
+    import pandas as pd
+
+    from crossfuse.data.processors.tabular import TabularProcessor
+
+    proc = TabularProcessor(["x"])
+    proc.fit(pd.DataFrame({"x": [1.0, 2.0, 3.0]}), tmp_path)
+    problems = proc.check(pd.DataFrame({"x": [2.5, 1e308, "inf"]}), tmp_path, open_files=False)
+    assert [(pos, msg.split(":")[0]) for pos, _, msg in problems] == [
+        (1, "1e+308 is out of range"), (2, "not a finite number")]
+    item = proc.load({"x": 1e308}, tmp_path, train=False)
+    assert math.isfinite(float(item["numeric"][0])) and float(item["numeric"][0]) == 0.0  # the median, standardised

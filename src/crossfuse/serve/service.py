@@ -13,7 +13,6 @@ import base64
 import binascii
 import io
 import logging
-import math
 import shutil
 import tempfile
 import uuid
@@ -311,6 +310,10 @@ class Service:
             raise RequestError(409, "this is a retrieval model: use POST /v1/embed or /v1/search")
         batch = self._collate(self.processors, [it.loaded for it in items])
         out = collect_outputs(self.predictor.model, [batch], self.predictor.device)
+        bad = ~np.isfinite(out["logits"]).all(axis=1)
+        if bad.any():  # the batcher reruns the batch's requests one by one: only this one fails
+            raise RequestError(422, f"the model's output is not finite for {int(bad.sum())} item(s): an input far "
+                               "outside the training data's range (a number many orders of magnitude off?)")
         cols = self.predictor.result_columns(pd.DataFrame(index=range(len(items))), out)
         return [self._prediction({k: v[i] for k, v in cols.items()}, it) for i, it in enumerate(items)]
 
@@ -466,8 +469,9 @@ def _tabular_value(proc, col: str, value: Any) -> Any:
             x = float(value)
         except ValueError:
             raise RequestError(422, f"not a number: {value!r}") from None
-        if not math.isfinite(x):
-            raise RequestError(422, f"not a finite number: {value!r}")
+        problem = proc.cell_problem(col, x, numeric=True)  # the processor's own rule, as for a manifest
+        if problem is not None:
+            raise RequestError(422, problem)
         return x
     return str(value)
 

@@ -11,6 +11,8 @@ import torch
 
 from crossfuse.data.processors.base import CellProblem, Processor, is_blank
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class TabularProcessor(Processor):
     """Params: ``categorical`` lists columns to treat as categories even when numeric.
@@ -67,17 +69,31 @@ class TabularProcessor(Processor):
         problems: List[CellProblem] = []
         for col in self.columns:
             numeric = col in self.numeric if self.numeric or self.categorical_vocab else self._is_numeric(df, col)
-            for pos, v in enumerate(df[col].tolist()):
-                if is_blank(v):
-                    problems.append((pos, col, "missing value (NaN)"))
-                elif numeric and not _finite(v):
-                    problems.append((pos, col, f"not a finite number: {v!r}"))
+            problems += [(pos, col, msg) for pos, v in enumerate(df[col].tolist())
+                         if (msg := self.cell_problem(col, v, numeric)) is not None]
         return sorted(problems)
+
+    def cell_problem(self, col: str, value: Any, numeric: bool) -> Optional[str]:
+        """Why one cell of ``col`` is bad (it is then imputed), or None. Once fitted, a number whose
+        standardised value does not fit the encoder's float32 input counts as not finite."""
+        if is_blank(value):
+            return "missing value (NaN)"
+        if numeric and not self._usable(col, value):
+            return f"not a finite number: {value!r}" if not _finite(value) else \
+                f"{value!r} is out of range: standardised it overflows float32"
+        return None
+
+    def _usable(self, col: str, value: Any) -> bool:
+        if not _finite(value):
+            return False
+        s = self.numeric.get(col)
+        z = (float(value) - s["mean"]) / s["std"] if s else 0.0
+        return math.isfinite(z) and abs(z) <= FLOAT32_MAX
 
     def load(self, row: Dict[str, Any], base_dir: Path, train: bool) -> Optional[Dict[str, np.ndarray]]:
         if all(is_blank(row[c]) for c in self.columns):
             return None
-        num = np.array([((_num(row[c]) if _finite(row[c]) else s["median"]) - s["mean"]) / s["std"]
+        num = np.array([((_num(row[c]) if self._usable(c, row[c]) else s["median"]) - s["mean"]) / s["std"]
                         for c, s in self.numeric.items()], dtype=np.float32)
         cat = np.array([self._index[c].get(str(row[c]), 0) if not is_blank(row[c]) else 0
                         for c in self.categorical_vocab], dtype=np.int64)
