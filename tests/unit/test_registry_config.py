@@ -22,7 +22,7 @@ def test_list_with_glob_and_build_drops_none():
     assert FUSIONS.names("*att*") == ["attention"]
     assert "resnet18" in ENCODERS.names("res*")
     enc = ENCODERS.build("small_cnn", channels=None, image_size=16)  # None keeps the default channels
-    assert enc.output_dim == 128
+    assert enc.output_dim == 256
 
 
 def test_unknown_parameter_is_reported_with_suggestion():

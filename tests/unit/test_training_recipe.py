@@ -82,3 +82,25 @@ def test_recipe_options_out_of_range_are_refused_together(tmp_path):
     text = str(err.value)
     assert "'train.ema' must be in (0, 1)" in text and "'train.label_smoothing' must be in [0, 1)" in text
     assert "'train.early_stopping.min_epochs' must be >= 0 or null" in text
+
+
+def test_small_cnn_pool_grid_keeps_where_a_pattern_is_that_global_pooling_loses():
+    from crossfuse.encoders import ENCODERS
+
+    torch.manual_seed(0)
+    flat = ENCODERS.build("small_cnn", channels=[4, 8], image_size=32).eval()
+    grid = ENCODERS.build("small_cnn", channels=[4, 8], image_size=32, pool=2).eval()
+    assert (flat.output_dim, grid.output_dim) == (8, 8 * 2 * 2)
+    grid.net.load_state_dict(flat.net.state_dict())
+    top_left, bottom_right = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    top_left[..., 4:7, 4:7] = 1.0
+    bottom_right[..., 20:23, 20:23] = 1.0  # the same blob 16 px on, far from the borders
+    with torch.no_grad():
+        assert torch.allclose(flat(top_left), flat(bottom_right), atol=1e-6)
+        a, b = grid(top_left), grid(bottom_right)
+        assert not torch.allclose(a, b, atol=1e-3)
+        # the same features, in the top-left cell of the grid and then in the bottom-right one
+        cells_a, cells_b = a.view(8, 2, 2), b.view(8, 2, 2)
+        assert torch.allclose(cells_a[:, 0, 0], cells_b[:, 1, 1], atol=1e-6) and cells_a[:, 0, 0].abs().sum() > 0
+    with pytest.raises(ConfigError, match="'pool'"):
+        ENCODERS.build("small_cnn", pool=0)

@@ -17,20 +17,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @ENCODERS.register("small_cnn")
 class SmallCNN(Encoder):
-    """Stages of ``convs`` Conv-BN-ReLU blocks with max-pooling, then global average pooling; for
-    training from scratch."""
+    """Stages of ``convs`` Conv-BN-ReLU blocks with max-pooling, then average pooling to a
+    ``pool`` x ``pool`` grid, flattened (``pool: 1`` is global average pooling); for training from
+    scratch. A grid keeps where in the image a pattern was, which small centred images such as
+    digits need."""
 
     modality = "image"
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), image_size: int = 32, dropout: float = 0.0,
-                 convs: int = 1):
+    def __init__(self, channels: Sequence[int] = (32, 64, 128, 256), image_size: int = 32, dropout: float = 0.0,
+                 convs: int = 1, pool: int = 1):
         super().__init__()
         if isinstance(convs, bool) or not isinstance(convs, int) or not 1 <= convs <= 8:
             raise ConfigError(f"small_cnn: 'convs' (conv blocks per stage) must be an integer in [1, 8]; got {convs!r}")
-        self._init_kwargs = {"channels": list(channels), "image_size": image_size, "dropout": dropout, "convs": convs}
+        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 16:
+            raise ConfigError(f"small_cnn: 'pool' (side of the pooled grid) must be an integer in [1, 16]; got {pool!r}")
+        self._init_kwargs = {"channels": list(channels), "image_size": image_size, "dropout": dropout, "convs": convs,
+                             "pool": pool}
         self.net = ConvStack(3, channels, convs)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
         self.dropout = nn.Dropout(dropout)
-        self.output_dim = self.net.output_dim
+        self.output_dim = self.net.output_dim * pool * pool
         self.data_config = {"input_size": [3, image_size, image_size], "mean": [0.5] * 3, "std": [0.5] * 3}
 
     def forward_sequence(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +45,7 @@ class SmallCNN(Encoder):
         return seq, torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.net(x).mean((2, 3)))
+        return self.dropout(self.pool(self.net(x)).flatten(1))
 
 
 class TorchvisionEncoder(Encoder):
