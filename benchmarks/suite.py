@@ -7,6 +7,7 @@ can build offline, beside the best fusion method (picked on validation) and a li
     python benchmarks/suite.py --sets demo train.balance.aux_weight=0.5   # a candidate default
     for s in 0 1 2; do python benchmarks/suite.py --sets demo --seeds $s train.threads=1 & done; wait
     python benchmarks/suite.py --sets demo --collect          # one table from those three processes
+    python benchmarks/suite.py --sets tuxpaint --fusions concat --presets fast best   # the presets too
 
 A set's config names only its data and which column is which modality (and, for the Tux Paint
 sets, the frozen pretrained encoders); everything else is crossfuse's default. Overrides after the
@@ -16,8 +17,11 @@ column of every set, never on one set's test split. Data are built under --data 
 
 Prints per set: the default's val and test score, the fusion method with the best mean val score
 and its test score, the best single modality, the logistic-regression baseline on all modalities,
-and whether every fusion method beat the best single modality; mean +- std over seeds. Writes
-OUT/suite.md and OUT/suite.json, and each set's comparison under OUT/<set>/.
+and whether every fusion method beat the best single modality; mean +- std over seeds. With
+--presets, also each named preset's run of the set's config (``preset: NAME``, nothing else
+changed): its model's val and test score and, for ``best``, its ensemble's (whose weights are fitted
+on the validation rows, so its val score is optimistic: judge it on test only against the others).
+Writes OUT/suite.md and OUT/suite.json, and each set's comparison under OUT/<set>/.
 """
 from __future__ import annotations
 
@@ -138,6 +142,50 @@ def collect_comparison(cfg: Config, out: Path, fusions: List[str], seeds: List[i
     return rows + baseline_rows(baseline, cfg)
 
 
+def preset_rows(name: str, data_root: Path, out: Path, overrides: List[str], presets: List[str],
+                seeds: List[int], metric: str, collect: bool) -> List[Dict]:
+    """Per preset, the set's config with ``preset`` set, once per seed: the run's model and, where the
+    preset ensembles, its ensemble, as val and test scores."""
+    from crossfuse.engine import train
+
+    rows = []
+    for preset in presets:
+        runs = []
+        for seed in seeds:
+            run_dir = out / f"preset_{preset}" / f"seed{seed}"
+            cfg = set_config(name, data_root, run_dir, list(overrides) + [f"preset={preset}", f"train.seed={seed}",
+                                                                         "train.baseline=false"])
+            if collect:
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+            else:
+                t0 = time.perf_counter()
+                metrics = train(cfg).metrics
+                metrics["seconds"] = time.perf_counter() - t0
+            history = json.loads((run_dir / "history.json").read_text())
+            monitor = cfg.train.early_stopping.metric or "f1_macro"  # the epoch early stopping kept
+            best = history[int(np.nanargmax([h.get(f"val_{monitor}", np.nan) for h in history]))]
+            ens = metrics.get("ensemble") or {}
+            runs.append({"val": best.get(f"val_{metric}"), "test": metrics.get(metric),
+                         "ens_val": (ens.get("val") or {}).get(metric), "ens_test": (ens.get("test") or {}).get(metric),
+                         "seconds": metrics.get("seconds"), "fusion": cfg.fusion.name if cfg.fusion.name != "auto"
+                         else json.loads((run_dir / "auto_fusion.json").read_text())["chosen"]})
+        rows.append({"set": name, "preset": preset, "runs": runs})
+    return rows
+
+
+def preset_table(rows: List[Dict], seeds: List[int]) -> str:
+    out = ["| set | preset | model val | model test | ensemble val (fitted there) | ensemble test | fusion per seed | "
+           "seconds per seed |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def col(k):
+            return mean_std([x[k] for x in r["runs"]])
+        secs = [x["seconds"] for x in r["runs"] if x.get("seconds") is not None]
+        out.append(f"| {r['set']} | {r['preset']} | {col('val')} | {col('test')} | {col('ens_val')} | {col('ens_test')} "
+                   f"| {', '.join(x['fusion'] for x in r['runs'])} | {f'{np.mean(secs):.0f}' if secs else '-'} |")
+    out.append(f"\nMean +- std over seeds {' '.join(map(str, seeds))}.")
+    return "\n".join(out)
+
+
 def mean_std(values: List[float]) -> str:
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.4f} +- {np.std(values):.4f}" if values else "-"
@@ -195,6 +243,7 @@ def main() -> None:
     p.add_argument("--fusions", help="comma-separated (default: every registered method)")
     p.add_argument("--data", type=Path, default=Path("data/suite"))
     p.add_argument("--out", type=Path, default=Path("runs/suite"))
+    p.add_argument("--presets", nargs="*", default=[], help="also train each preset (fast, medium, best) per set")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: make the tables from the runs under --out (e.g. one process per seed)")
     args = p.parse_args()
@@ -207,7 +256,7 @@ def main() -> None:
         from crossfuse.fusion import FUSIONS
 
         fusions = list(FUSIONS.names())
-    lines, start = [], time.perf_counter()
+    lines, presets, start = [], [], time.perf_counter()
     for name in args.sets:
         t0 = time.perf_counter()
         cfg = set_config(name, args.data, args.out / name, args.overrides)
@@ -218,13 +267,17 @@ def main() -> None:
             rows = run_comparison(cfg, args.out / name, fusions=fusions, seeds=args.seeds)  # writes comparison.md
         metric = METRIC.get(name, "accuracy")
         lines.append(summarise_set(name, rows, default_fusion, metric))
+        presets += preset_rows(name, args.data, args.out / name, args.overrides, args.presets, args.seeds, metric,
+                               args.collect)
         print(f"{name}: {time.perf_counter() - t0:.0f} s; default {mean_std(lines[-1]['default']['test'])}, best on "
               f"val {lines[-1]['best']['fusion']} {mean_std(lines[-1]['best']['test'])}", flush=True)
     table = suite_table(lines, args.seeds)
+    if presets:
+        table += "\n\n" + preset_table(presets, args.seeds)
     header = (f"crossfuse suite; overrides: {' '.join(args.overrides) or 'none'}; machine {platform.machine()}, "
               f"{os.cpu_count()} cores; wall {time.perf_counter() - start:.0f} s\n")
     atomic_write(args.out / "suite.md", header + "\n" + table + "\n")
-    atomic_write(args.out / "suite.json", json.dumps(lines, indent=2))
+    atomic_write(args.out / "suite.json", json.dumps({"sets": lines, "presets": presets}, indent=2))
     print(header)
     print(table)
 

@@ -222,3 +222,65 @@ def test_fusion_auto_trains_each_method_briefly_and_keeps_the_best_on_validation
     assert main(["train", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "'size'" in err
+
+
+def test_fusion_auto_ensemble_trains_the_best_methods_in_full_and_combines_them_on_validation(tmp_path):
+    from conftest import make_items, tiny_config
+
+    from crossfuse.engine.ensemble import member_predictions
+    from crossfuse.engine.predictor import Predictor
+    from crossfuse.engine.run import read_split
+
+    manifest = make_items(tmp_path / "data", n=48)
+    cfg = tiny_config(manifest, tmp_path / "run", epochs=3)
+    cfg["fusion"] = {"name": "auto", "methods": ["concat", "gated", "late"], "epochs": 2, "ensemble": 2}
+    cfg["train"]["early_stopping"] = {"metric": "loss", "min_epochs": 0}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["-q", "train", str(tmp_path / "c.yaml")]) == 0
+    run = tmp_path / "run"
+    auto = json.loads((run / "auto_fusion.json").read_text())
+    ranked = sorted(auto["table"], key=lambda r: r["val_loss"])
+    second = ranked[1]["fusion"]
+    assert auto["chosen"] == ranked[0]["fusion"]
+    assert (run / "members" / second / "model" / "config.json").is_file()  # the runner-up, trained in full
+    assert len(json.loads((run / "members" / second / "history.json").read_text())) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    ens = metrics["ensemble"]
+    assert set(ens["weights"]) == {"model", second} and sum(ens["weights"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the ensemble directory is a model like any other, and its validation score is its own
+    df = pd.read_csv(manifest)
+    val = read_split(run, df)["val"]
+    ensemble = Predictor.load(run / "ensemble")
+    probs, y = member_predictions([ensemble], manifest, frame=(val, manifest.parent))
+    assert ens["val"]["accuracy"] == pytest.approx(float((probs[0].argmax(1) == y).mean()))
+    assert ens["test"]["accuracy"] == pytest.approx(
+        ensemble.evaluate_frame(read_split(run, df)["test"], manifest.parent, str(manifest),
+                                attribution=False)["accuracy"])
+
+
+def test_presets_fill_what_a_config_leaves_out_and_never_what_it_sets(tmp_path, capsys):
+    from conftest import make_items, tiny_config
+
+    from crossfuse.config import load_config, parse_config
+    from crossfuse.config.presets import PRESETS
+    from crossfuse.config.schema import Config
+
+    for name in PRESETS:  # every preset resolves to a valid config
+        cfg = parse_config({"preset": name, "data": {"manifest": "m.csv"}})
+        assert cfg.preset == name
+    assert parse_config({"preset": "fast"}).train.epochs == 10
+    best = parse_config({"preset": "best", "train": {"lr": 0.01}})
+    assert (best.fusion.name, best.fusion.params["ensemble"], best.train.epochs, best.train.lr) == ("auto", 3, 30, 0.01)
+    own = parse_config({"preset": "best", "fusion": {"name": "gated"}, "train": {"epochs": 4}})
+    assert (own.fusion.name, own.fusion.params, own.train.epochs) == ("gated", {}, 4)  # not merged into gated
+    assert parse_config({"preset": "medium"}) == Config(preset="medium")  # the defaults, named
+    cfg = tiny_config(make_items(tmp_path / "data", n=24), tmp_path / "run", epochs=2)
+    cfg.pop("fusion", None)
+    cfg["preset"] = "best"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_config(tmp_path / "c.yaml", ["fusion.name=late"]).fusion.name == "late"  # an override wins too
+    cfg["preset"] = "quick"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown preset 'quick'; choose one of fast, medium, best" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterable, List
 
 import yaml
 
+from crossfuse.config.presets import preset_problems, with_preset
 from crossfuse.config.schema import Config, from_dict
 from crossfuse.errors import ConfigError
 
@@ -82,8 +83,8 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
 
 def parse_config(data: Dict[str, Any]) -> Config:
     """Convert a dict to a Config and check every value; raises ConfigError listing all problems."""
-    problems: List[str] = []
-    cfg = from_dict(Config, data, "", problems)
+    problems: List[str] = preset_problems(data.get("preset"))
+    cfg = from_dict(Config, with_preset(data), "", problems)
     if cfg is not None:
         try:
             problems += check_values(cfg)

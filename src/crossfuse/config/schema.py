@@ -219,6 +219,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     output_dir: str = "runs/latest"
+    preset: Optional[str] = None  # fast | medium | best: values for the keys the config leaves out (config/presets.py)
 
     def to_dict(self) -> Dict[str, Any]:
         return to_dict(self)

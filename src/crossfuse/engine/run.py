@@ -215,8 +215,49 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
         save_run(out_dir, runner, cfg)
         write_split(out_dir, splits, cfg.data.id_column)
         if auto is not None:
+            if auto["ensemble"] >= 2:
+                metrics["ensemble"] = auto["ensembled"] = auto_ensemble(task, cfg, auto, df, base_dir, file, splits,
+                                                                        part)
+                atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
             atomic_write(out_dir / "auto_fusion.json", json.dumps(auto, indent=2))
     return task.result_class(runner, metrics, result, out_dir, sizes, timings)
+
+
+def auto_ensemble(task: RunTask, cfg: Config, auto: Dict[str, Any], df: pd.DataFrame, base_dir: Path, file: str,
+                  splits: Dict[str, pd.DataFrame], part: str) -> Dict[str, Any]:
+    """``fusion: {name: auto, ensemble: K}``: the K best methods of the short runs (the chosen one
+    is the run's own model) trained in full on the same split, under output_dir/members/, and
+    combined by greedy selection on the validation rows into output_dir/ensemble, a model
+    directory like any other. Returns its weights and its validation and test scores."""
+    from crossfuse.engine.ensemble import build_ensemble
+    from crossfuse.engine.predictor import Predictor
+
+    out_dir = Path(cfg.output_dir)
+    key, higher = auto["metric"], auto["higher_is_better"]
+    ranked = sorted((r for r in auto["table"] if r.get(key) is not None), key=lambda r: -r[key] if higher else r[key])
+    dirs = [out_dir / "model"]
+    for row in ranked[1:auto["ensemble"]]:
+        member = dataclasses.replace(cfg, fusion=Component(row["fusion"]), output_dir=str(out_dir / "members" /
+                                     row["fusion"]), train=dataclasses.replace(cfg.train, baseline=False))
+        log.info("fusion auto: training ensemble member %s", row["fusion"])
+        dirs.append(run_task(task, member, df, base_dir).model_dir)
+    if len(dirs) < 2:
+        log.warning("fusion auto: only one method could be trained; no ensemble")
+        return {"error": "only one method could be trained"}
+    outside = cfg.data.allow_outside_paths
+    report = build_ensemble(dirs, Path(file), out_dir / "ensemble", method="greedy", frame=(splits["val"], base_dir),
+                            allow_outside_paths=outside)
+    ensemble = Predictor.load(out_dir / "ensemble")
+    ensemble.allow_outside_paths = outside
+    scores = {name: ensemble.evaluate_frame(splits[name], base_dir, file, attribution=False)
+              for name in dict.fromkeys(["val", part]) if len(splits[name])}
+    names = {str(d): ("model" if d == dirs[0] else d.parent.name) for d in dirs}
+    weights = {names[d]: round(w, 4) for d, w in report["weights"].items()}
+    log.info("fusion auto: greedy ensemble of %s, weights %s; %s", ", ".join(names.values()), weights, "; ".join(
+        f"{n} accuracy {m['accuracy']:.4f}" if "accuracy" in m else f"{n} rmse {m.get('rmse', float('nan')):.4g}"
+        for n, m in scores.items()))
+    return {"members": [str(d) for d in dirs], "weights": weights, "model_dir": str(out_dir / "ensemble"),
+            **{n: {k: v for k, v in m.items() if isinstance(v, (int, float))} for n, m in scores.items()}}
 
 
 def choose_fusion(task: RunTask, cfg: Config, df: pd.DataFrame, base_dir: Path) -> Tuple[Config, Dict[str, Any]]:
@@ -259,7 +300,8 @@ def choose_fusion(task: RunTask, cfg: Config, df: pd.DataFrame, base_dir: Path) 
                                  else "failed | - | -") + " |" for r in table]
     log.info("fusion auto (%d epochs each): %s chosen\n%s", epochs, best["fusion"], "\n".join(lines))
     return dataclasses.replace(cfg, fusion=Component(best["fusion"])), {
-        "chosen": best["fusion"], "epochs": epochs, "metric": key, "table": table}
+        "chosen": best["fusion"], "epochs": epochs, "metric": key, "higher_is_better": higher, "table": table,
+        "ensemble": int(cfg.fusion.params.get("ensemble") or 0)}
 
 
 def plan_problems(task: RunTask, cfg: Config, df: pd.DataFrame, file: str) -> Tuple[List[Problem], List[Problem]]:

@@ -57,8 +57,10 @@ def component_problems(cfg: Config) -> List[str]:
 
 
 def auto_fusion_problems(params: Dict) -> List[str]:
-    """``fusion: {name: auto, methods: [...], epochs: N}``: the methods to try and their budget."""
-    problems = [f"fusion: auto takes 'methods' and 'epochs'; not '{k}'" for k in params if k not in ("methods", "epochs")]
+    """``fusion: {name: auto, methods: [...], epochs: N, ensemble: K}``: the methods to try, their
+    budget, and how many of the best to train in full and combine (0: only the best)."""
+    problems = [f"fusion: auto takes 'methods', 'epochs' and 'ensemble'; not '{k}'" for k in params
+                if k not in ("methods", "epochs", "ensemble")]
     methods = params.get("methods")
     if methods is not None:
         if not isinstance(methods, list) or len(methods) < 2:
@@ -68,6 +70,12 @@ def auto_fusion_problems(params: Dict) -> List[str]:
     epochs = params.get("epochs")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         problems.append(f"fusion.epochs: a positive integer. Got {epochs!r}.")
+    k = params.get("ensemble", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k == 1:
+        problems.append(f"fusion.ensemble: 0 (the best method alone) or the number of best methods to combine, "
+                        f">= 2. Got {k!r}.")
+    elif methods is not None and isinstance(methods, list) and k > len(methods):
+        problems.append(f"fusion.ensemble: {k} members but only {len(methods)} methods to choose from")
     return problems
 
 
