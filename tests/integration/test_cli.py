@@ -173,16 +173,30 @@ def test_predict_with_a_whole_modality_absent(trained, capsys):
     assert np.allclose(pred[["weight_image", "weight_tabular"]].sum(1), 1, atol=1e-5)
 
 
-@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
-def test_run_tracking_logs_every_epoch_and_the_config(tmp_path, logger):
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "mlflow"])
+def test_run_tracking_logs_every_epoch_and_the_config(tmp_path, logger, monkeypatch):
     """train.logger: each epoch's record (as history.json has it) and the config, through Fabric's loggers."""
     from conftest import make_items, tiny_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
 
     cfg = tiny_config(make_items(tmp_path / "data", n=24), tmp_path / "run", epochs=3, logger=logger)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["-q", "train", str(tmp_path / "c.yaml")]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert all(h["peak_memory_mb"] > 10 and h["samples_per_s"] > 0 for h in history)
+    if logger == "mlflow":  # a SQLite store beside the run, the MLflow run named after the output folder
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'logs' / 'mlflow' / 'mlflow.db'}")
+        (found,) = client.search_runs([client.get_experiment_by_name("crossfuse").experiment_id])
+        assert found.info.run_name == "run" and found.info.status == "FINISHED"
+        loss = client.get_metric_history(found.info.run_id, "train_loss")
+        assert [m.step for m in loss] == [h["epoch"] for h in history]
+        assert [m.value for m in loss] == pytest.approx([h["train_loss"] for h in history])
+        assert found.data.params["fusion.name"] == "concat" and found.data.params["train.epochs"] == "3"
+        return
     version = tmp_path / "run" / "logs" / logger / "version_0"
     if logger == "csv":
         import pandas as pd

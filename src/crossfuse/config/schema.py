@@ -128,7 +128,7 @@ class TrainConfig:
     baseline: bool = True
     # run tracking: every epoch's record (losses, validation metrics, samples/s, peak memory) and the
     # run's config go to OUTPUT_DIR/logs/<logger>/ through Lightning Fabric's loggers
-    logger: Literal["none", "csv", "tensorboard"] = "none"
+    logger: Literal["none", "csv", "tensorboard", "mlflow"] = "none"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 

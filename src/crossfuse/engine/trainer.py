@@ -166,15 +166,17 @@ class Trainer:
         if self.is_main:
             for lg in self.fabric.loggers:
                 log_config(lg, flat(self.hparams or {"train": vars(self.cfg)}))
+        status = "failed"
         try:
             for epoch in range(run.state["epoch"], self.cfg.epochs):
                 record = self._train_epoch(run, epoch)
                 if self._end_epoch(run, epoch, record):
                     result.stopped_early = True
                     break
+            status = "success"
         finally:
             for lg in self.fabric.loggers:
-                lg.finalize("success")
+                lg.finalize(status)
         if run.state["best_model"] is not None:
             run.raw_model.load_state_dict(run.state["best_model"], strict=not run.frozen)
         elif run.state.get("ema") is not None:  # no validation split: the average at the last step
@@ -310,6 +312,10 @@ def run_loggers(kind: str, log_dir: Optional[Path]) -> list:
         from lightning_fabric.loggers import CSVLogger
 
         return [CSVLogger(root_dir=str(log_dir), name="csv")]
+    if kind == "mlflow":
+        from crossfuse.engine.mlflow_logger import MLflowLogger
+
+        return [MLflowLogger(log_dir / "mlflow", run_name=log_dir.parent.name)]
     from crossfuse.errors import MissingDependencyError
 
     try:
