@@ -230,6 +230,13 @@ def test_fusion_auto_trains_each_method_briefly_and_keeps_the_best_on_validation
     assert auto["chosen"] == best["fusion"]
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["architecture"]["fusion"]["name"] == best["fusion"]
+    # --resume trains the method the run chose before (the choice is on disk before training starts)
+    other = next(r["fusion"] for r in auto["table"] if r["fusion"] != best["fusion"])
+    (tmp_path / "run" / "auto_fusion.json").write_text(json.dumps({**auto, "chosen": other}))
+    (tmp_path / "run" / "checkpoint.safetensors").unlink()  # the planted choice's run starts afresh
+    assert main(["-q", "train", str(tmp_path / "c.yaml"), "--resume"]) == 0
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["architecture"]["fusion"]["name"] == other
     cfg["fusion"] = {"name": "auto", "methods": ["concat", "nope"], "size": 3}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     capsys.readouterr()

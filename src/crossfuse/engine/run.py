@@ -168,7 +168,15 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
     base_dir = Path(base_dir or ".")
     auto = None
     if cfg.fusion is not None and cfg.fusion.name == "auto" and task.has_target:
-        cfg, auto = choose_fusion(task, cfg, df, base_dir)
+        chosen = Path(cfg.output_dir) / "auto_fusion.json"
+        if resume and save and chosen.is_file():  # a resumed run trains the method it chose before
+            auto = json.loads(chosen.read_text())
+            cfg = dataclasses.replace(cfg, fusion=Component(auto["chosen"]))
+            log.info("fusion auto: resuming with %s, chosen before (%s)", auto["chosen"], chosen)
+        else:
+            cfg, auto = choose_fusion(task, cfg, df, base_dir)
+            if save:
+                atomic_write(chosen, json.dumps(auto, indent=2))
     cfg = task.resolve(cfg, df, flickr)
     processors, problems = validate_data(cfg, df, base_dir, file)
     df, policy_report = apply_policy(df, problems, cfg.data.on_bad_item, cfg.data.target if task.has_target else None)
@@ -217,18 +225,19 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
         if auto is not None:
             if auto["ensemble"] >= 2:
                 metrics["ensemble"] = auto["ensembled"] = auto_ensemble(task, cfg, auto, df, base_dir, file, splits,
-                                                                        part)
+                                                                        part, resume)
                 atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
             atomic_write(out_dir / "auto_fusion.json", json.dumps(auto, indent=2))
     return task.result_class(runner, metrics, result, out_dir, sizes, timings)
 
 
 def auto_ensemble(task: RunTask, cfg: Config, auto: Dict[str, Any], df: pd.DataFrame, base_dir: Path, file: str,
-                  splits: Dict[str, pd.DataFrame], part: str) -> Dict[str, Any]:
+                  splits: Dict[str, pd.DataFrame], part: str, resume: bool = False) -> Dict[str, Any]:
     """``fusion: {name: auto, ensemble: K}``: the K best methods of the short runs (the chosen one
     is the run's own model) trained in full on the same split, under output_dir/members/, and
     combined by greedy selection on the validation rows into output_dir/ensemble, a model
-    directory like any other. Returns its weights and its validation and test scores."""
+    directory like any other. Returns its weights and its validation and test scores. With
+    ``resume`` each member continues from its own checkpoint."""
     from crossfuse.engine.ensemble import build_ensemble
     from crossfuse.engine.predictor import Predictor
 
@@ -240,7 +249,8 @@ def auto_ensemble(task: RunTask, cfg: Config, auto: Dict[str, Any], df: pd.DataF
         member = dataclasses.replace(cfg, fusion=Component(row["fusion"]), output_dir=str(out_dir / "members" /
                                      row["fusion"]), train=dataclasses.replace(cfg.train, baseline=False))
         log.info("fusion auto: training ensemble member %s", row["fusion"])
-        dirs.append(run_task(task, member, df, base_dir).model_dir)
+        dirs.append(run_task(task, member, df, base_dir, resume=resume and (Path(member.output_dir) /
+                                                                          "checkpoint.safetensors").is_file()).model_dir)
     if len(dirs) < 2:
         log.warning("fusion auto: only one method could be trained; no ensemble")
         return {"error": "only one method could be trained"}
