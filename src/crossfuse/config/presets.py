@@ -9,7 +9,7 @@ import copy
 from typing import Any, Dict, List
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # half the epochs and a short patience: a first look in a third of the time
+    # half the epoch budget and a short patience: a first look
     "fast": {"train": {"epochs": 10, "early_stopping": {"patience": 3}}},
     # the defaults, named: one fusion (concat) trained for 20 epochs
     "medium": {},

@@ -2,9 +2,9 @@
 as a Lightning Fabric logger (Fabric ships none for MLflow).
 
 The store is MLflow's own setting, ``MLFLOW_TRACKING_URI`` (a server, a database), else a SQLite
-file beside the run (``OUTPUT_DIR/logs/mlflow.db``: offline, nothing to start); the experiment is
+file beside the run (``OUTPUT_DIR/logs/mlflow/mlflow.db``: offline, nothing to start); the experiment is
 ``MLFLOW_EXPERIMENT_NAME``, else ``crossfuse``; the MLflow run is named after the output folder.
-Look at it with ``mlflow ui --backend-store-uri sqlite:///OUTPUT_DIR/logs/mlflow.db``.
+Look at it with ``mlflow ui --backend-store-uri sqlite:///OUTPUT_DIR/logs/mlflow/mlflow.db``.
 """
 from __future__ import annotations
 

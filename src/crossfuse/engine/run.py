@@ -170,7 +170,7 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
     if cfg.fusion is not None and cfg.fusion.name == "auto" and task.has_target:
         chosen = Path(cfg.output_dir) / "auto_fusion.json"
         if resume and save and chosen.is_file():  # a resumed run trains the method it chose before
-            auto = json.loads(chosen.read_text())
+            auto = {**json.loads(chosen.read_text()), "ensemble": int(cfg.fusion.params.get("ensemble") or 0)}
             cfg = dataclasses.replace(cfg, fusion=Component(auto["chosen"]))
             log.info("fusion auto: resuming with %s, chosen before (%s)", auto["chosen"], chosen)
         else:
