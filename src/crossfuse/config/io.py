@@ -150,9 +150,42 @@ def check_values(cfg: Config) -> List[str]:
             p.append(f"'train.balance.modality_lr.{key}' must be a number > 0. Got {factor!r}.")
         elif cfg.modalities and key not in cfg.modalities:
             p.append(_no_modality(cfg, f"train.balance.modality_lr.{key}", key))
+    p += privacy_problems(cfg)
     precisions = {"auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
     if t.precision not in precisions:
         p.append(f"'train.precision' must be one of {', '.join(sorted(precisions))}. Got {t.precision!r}.")
+    return p
+
+
+def privacy_problems(cfg: Config) -> List[str]:
+    """``train.privacy``: its values, and what DP-SGD's guarantee cannot coexist with."""
+    t, dp = cfg.train, cfg.train.privacy
+    if dp is None:
+        return []
+    p = []
+    if (dp.target_epsilon is None) == (dp.noise_multiplier is None):
+        p.append("'train.privacy' needs exactly one of 'target_epsilon' (e.g. 3.0) and 'noise_multiplier' (e.g. 1.0).")
+    for key in ("target_epsilon", "noise_multiplier", "max_grad_norm"):
+        v = getattr(dp, key)
+        if v is not None and not v > 0:
+            p.append(f"'train.privacy.{key}' must be > 0. Got {v}.")
+    if dp.delta is not None and not 0 < dp.delta < 1:
+        p.append(f"'train.privacy.delta' must be in (0, 1) or null (1/N). Got {dp.delta}.")
+    why = "DP-SGD's accountant assumes every item is drawn with the same probability (Poisson sampling)"
+    if t.class_weights != "none":
+        p.append(f"'train.class_weights: {t.class_weights}' cannot be used with 'train.privacy': {why}, and "
+                 "weighting items by their class changes each item's share of the gradient. Set it to none.")
+    if t.sampler != "random":
+        p.append(f"'train.sampler: {t.sampler}' cannot be used with 'train.privacy': {why}. Set it to random.")
+    if t.balance.ogm_alpha is not None:
+        p.append("'train.balance.ogm_alpha' cannot be used with 'train.privacy': gradient modulation rescales "
+                 "gradients from the batch's own scores after DP-SGD has clipped and noised them. Set it to null.")
+    if str(t.devices) not in ("1", "auto") or t.strategy not in ("auto", "single_device"):
+        p.append("'train.privacy' trains in one process: Opacus accounts for data parallelism only when the model "
+                 "is wrapped for DP before it is distributed, which crossfuse does not do. Set train.devices: 1.")
+    if cfg.data.task == "retrieval":
+        p.append("'train.privacy' is for classification and regression: a contrastive loss couples every item of "
+                 "a batch with the others, so per-item gradients (what DP-SGD clips) do not exist.")
     return p
 
 

@@ -90,6 +90,19 @@ class BalanceConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differentially private training: DP-SGD through Opacus (crossfuse[privacy]); see docs/privacy.md.
+    Give ``target_epsilon`` (the noise is chosen so the whole epoch budget spends it) or
+    ``noise_multiplier`` (epsilon is what the epochs run spend)."""
+
+    target_epsilon: Optional[float] = None
+    noise_multiplier: Optional[float] = None
+    delta: Optional[float] = None  # null: 1/N for N training items; larger than 1/N is refused
+    max_grad_norm: float = 1.0  # each item's gradient is clipped to this L2 norm
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
@@ -131,6 +144,7 @@ class TrainConfig:
     logger: Literal["none", "csv", "tensorboard", "mlflow"] = "none"
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    privacy: Optional[PrivacyConfig] = None  # DP-SGD (differential privacy); null: ordinary training
 
 
 @dataclass

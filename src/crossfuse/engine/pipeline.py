@@ -77,12 +77,19 @@ class FusionTask(RunTask):
     def after_fit(self, ctx: RunContext, model, result):
         fields = {"fusion": ctx.cfg.fusion.name, "modalities": ", ".join(ctx.cfg.modalities), "monitor": self.monitor}
         cfg = ctx.cfg
+        self.privacy = result.privacy
+        trust = cfg.trust
+        if result.privacy is not None:
+            fields["privacy"] = result.privacy
+            if trust.ood:  # its statistics would be an unprotected summary of the training items
+                log.info("train.privacy: trust.ood is not fitted (it would store statistics of the training items)")
+                trust = dataclasses.replace(trust, ood=False)
         loaders = []
         for part in ("train", "val"):
             rows = sample_rows(ctx.splits[part], cfg.train.seed)
             loaders.append(DataLoader(ctx.dataset(rows, self.targets(ctx, rows), False), batch_size=cfg.train.batch_size,
                                       shuffle=False, collate_fn=self.collator(ctx)) if len(rows) else None)
-        fields.update(fit_trust(model, cfg.trust, loaders[0], loaders[1], self.spec.kind == "classification",
+        fields.update(fit_trust(model, trust, loaders[0], loaders[1], self.spec.kind == "classification",
                                 cfg.train.modality_dropout))
         return model, fields
 
@@ -90,6 +97,8 @@ class FusionTask(RunTask):
         cfg = ctx.cfg
         meta = {"crossfuse_version": crossfuse.__version__, "task": self.spec.to_dict(), "target": cfg.data.target,
                 "id_column": cfg.data.id_column, "config": cfg.to_dict()}
+        if getattr(self, "privacy", None):
+            meta["privacy"] = self.privacy
         return Predictor(model, ctx.processors, self.spec, meta, cache_root=ctx.cache_root)
 
     def final_evaluation(self, ctx: RunContext, runner: Predictor, part: str, out_dir: Optional[Path], history,
@@ -103,6 +112,8 @@ class FusionTask(RunTask):
             extra={**extra, "baseline": baseline} if baseline else extra)
         if baseline:
             metrics["baseline"] = baseline
+        if extra.get("privacy"):
+            metrics["privacy"] = extra["privacy"]
         return metrics
 
     def baseline(self, ctx: RunContext, model, part: str, history, best_epoch: Optional[int]) -> Dict[str, Any]:
@@ -125,6 +136,8 @@ class FusionTask(RunTask):
     def headline(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         out = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "roc_auc", "mae", "rmse", "r2")
                if isinstance(metrics.get(k), float)}
+        if metrics.get("privacy"):
+            out["epsilon"] = metrics["privacy"]["epsilon"]
         linear = (metrics.get("baseline") or {}).get("rows", {}).get("all modalities", {}).get("test")
         if linear is not None:
             out[f"linear_baseline_{metrics['baseline']['metric']}"] = round(linear, 4)

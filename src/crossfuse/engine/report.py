@@ -45,6 +45,7 @@ def summary_text(metrics: Dict[str, Any], labels: Optional[List[str]], title: st
     lines += calibration_section(metrics)
     lines += modality_sections(metrics)
     lines += shift_section(metrics.get("shift"))
+    lines += privacy_section((extra or {}).get("privacy"))
     lines += baseline_section(metrics, (extra or {}).get("baseline"))
     if labels and "per_class" in metrics:
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
@@ -113,6 +114,18 @@ def shift_section(shift: Optional[Dict[str, Any]]) -> List[str]:
                      f"{fmt(r['median_ood_score'], '.1f')} ({r['reference_median_ood_score']:.1f}) | "
                      f"{r[f'{metric}_removed']:.4f} |")
     return lines
+
+
+def privacy_section(privacy: Optional[Dict[str, Any]]) -> List[str]:
+    """The guarantee of a DP-SGD run (engine.privacy)."""
+    if not privacy:
+        return []
+    return ["", "## Differential privacy", "",
+            f"Trained with DP-SGD: ({privacy['epsilon']:.3f}, {privacy['delta']:.3g})-differentially private with "
+            f"respect to the {privacy['training_items']} training items ({privacy['accountant'].upper()} accountant: "
+            f"noise multiplier {privacy['noise_multiplier']:.4g}, per-item clip norm {privacy['max_grad_norm']:g}, "
+            f"sampling rate {privacy['sample_rate']:.4g}, {privacy['steps']} steps). Validation and test items are "
+            "not covered; the linear baseline below is not private."]
 
 
 def baseline_section(metrics: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -> List[str]:

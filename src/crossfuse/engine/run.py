@@ -4,8 +4,9 @@
 policy -> targets -> split -> seed -> build -> cache -> Trainer -> fit -> evaluate -> save. What
 differs between kinds of model (classification/regression fusion, retrieval) is a ``RunTask``: it
 supplies the config resolution, the targets and split, the model, the step loss and validation,
-the runner (Predictor, Retriever) and its final report. A new kind of run (an ensemble, a private
-run) is one more RunTask, registered in ``TASKS``.
+the runner (Predictor, Retriever) and its final report. A new kind of run is one more RunTask,
+registered in ``TASKS``; DP-SGD (``train.privacy``) is a mode of the training loop
+(engine.privacy), not a task.
 """
 from __future__ import annotations
 

@@ -70,6 +70,7 @@ class TrainResult:
     stopped_early: bool = False
     monitor: str = ""
     higher_is_better: bool = True  # the monitor's direction (loss and rmse: lower is better)
+    privacy: Optional[Dict[str, Any]] = None  # train.privacy: the guarantee spent (engine.privacy)
 
 
 def seed_all(seed: int) -> None:
@@ -177,6 +178,10 @@ class Trainer:
         finally:
             for lg in self.fabric.loggers:
                 lg.finalize(status)
+            if run.private is not None:
+                run.model.module._close()  # Opacus' hooks off the model again
+        if run.private is not None:
+            result.privacy = run.private.report()
         if run.state["best_model"] is not None:
             run.raw_model.load_state_dict(run.state["best_model"], strict=not run.frozen)
         elif run.state.get("ema") is not None:  # no validation split: the average at the last step
@@ -190,25 +195,66 @@ class Trainer:
         """Loaders (item order from (seed, epoch) alone), optimizer, schedule, Fabric's wrapping."""
         c, fabric = self.cfg, self.fabric
         seed_all(c.seed)
-        sampler = EpochSampler(len(train_ds), c.seed, weights=sample_weights,
-                               rank=fabric.global_rank, world_size=fabric.world_size)
         loader_kw = dict(collate_fn=collate, num_workers=c.num_workers, persistent_workers=c.num_workers > 0)
-        train_loader = DataLoader(train_ds, batch_size=c.batch_size, sampler=sampler, **loader_kw)
+        private = self._private(model, len(train_ds)) if c.privacy is not None else None
+        if private is not None:  # Poisson batches of the items, as DP-SGD's accountant assumes
+            sampler = private.sampler()
+            train_loader = DataLoader(train_ds, batch_sampler=sampler, **{**loader_kw, "collate_fn": _EmptyAware(collate)})
+        else:
+            sampler = EpochSampler(len(train_ds), c.seed, weights=sample_weights,
+                                   rank=fabric.global_rank, world_size=fabric.world_size)
+            train_loader = DataLoader(train_ds, batch_size=c.batch_size, sampler=sampler, **loader_kw)
         val_loader = DataLoader(val_ds, batch_size=c.batch_size, shuffle=False, **loader_kw) \
             if val_ds is not None and len(val_ds) else None
         # fully frozen encoders never change: leave them out of checkpoints and best-weight copies
         frozen = [f"encoders.{m}." for m, enc in getattr(model, "encoders", {}).items() if is_frozen(enc)]
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(len(train_loader)))
-        wrapped, optimizer = fabric.setup(model, optimizer)
+        if private is not None:
+            trained, optimizer = private.wrap(model, optimizer)  # shares the param groups the schedule sets
+        else:
+            trained = model
+        wrapped, optimizer = fabric.setup(trained, optimizer)
         if self.loss_fn is not None:
             self.loss_fn = self.loss_fn.to(fabric.device)
+        if private is not None:
+            self._check_private(wrapped, model, train_ds, collate)
         state: Dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0,
                                  "history": [], "best_model": None}
-        run = _Run(wrapped, model, optimizer, scheduler, sampler, train_loader, val_loader, frozen, state)
+        run = _Run(wrapped, model, optimizer, scheduler, sampler, train_loader, val_loader, frozen, state, private)
         if c.ema is not None:  # the average starts at the initial weights; it is part of the loop state
             state.update(ema={k: v.detach().clone() for k, v in run.changing_state().items()}, ema_steps=0)
         return run
+
+    def _private(self, model: torch.nn.Module, n_items: int):
+        """train.privacy: the model's unsupported layers replaced, the noise and accountant set up."""
+        from crossfuse.engine.privacy import PrivateTraining
+        from crossfuse.errors import ConfigError
+
+        if self.fabric.world_size > 1:
+            raise ConfigError("train.privacy trains in one process (Opacus accounts for several only when the model "
+                              "is wrapped for DP before it is distributed); set train.devices: 1")
+        replaced = model.make_private() if hasattr(model, "make_private") else {}
+        if replaced and self.is_main:
+            log.info("DP-SGD: replaced %s", ", ".join(f"{p} ({k})" for p, k in replaced.items()))
+        if self.cfg.grad_clip and self.is_main:
+            log.info("DP-SGD clips each item's gradient to %g; train.grad_clip is not applied",
+                     self.cfg.privacy.max_grad_norm)
+        return PrivateTraining(self.cfg.privacy, n_items, self.cfg.batch_size, self.cfg.epochs, self.cfg.seed)
+
+    def _check_private(self, wrapped, model, train_ds, collate) -> None:
+        """Per-item gradients checked on a few real training items before the first step."""
+        from crossfuse.engine.privacy import check_per_item_gradients
+
+        items = [train_ds[i] for i in range(min(3, len(train_ds)))]
+        device = self.fabric.device
+        model.train()
+        check_per_item_gradients(wrapped, model, collate(items).to(device), items,
+                                 lambda its: collate(its).to(device), self._loss)
+
+    def _loss(self, out, batch: Batch) -> torch.Tensor:
+        return self.step_loss(out, batch) if self.step_loss is not None \
+            else self.loss_fn(out.logits.float(), batch.target)
 
     def _restore(self, run: "_Run") -> None:
         """Continue from the checkpoint: weights, optimizer, schedule and the loop's own state."""
@@ -221,6 +267,8 @@ class Trainer:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
         run.state = ckpt["state"]
+        if run.private is not None:  # the budget continues: the accountant's steps so far
+            run.private.load_state(run.state.get("privacy"))
         if self.cfg.ema is not None and run.state.get("ema") is None:
             if self.is_main:
                 log.warning("--resume: the checkpoint has no weight average (train.ema); it starts now")
@@ -239,18 +287,22 @@ class Trainer:
         bar = Progress(run.train_loader, f"epoch {epoch + 1}/{c.epochs}", enabled=c.progress and self.is_main,
                        unit="batch")
         for batch in bar:
+            if batch is None:  # an empty Poisson batch (DP-SGD): the step adds the noise alone
+                run.optimizer.zero_grad(set_to_none=True)
+                run.private.noise_step(run.raw_model, run.optimizer)
+                run.scheduler.step()
+                continue
             batch = batch.to(fabric.device)
             rates = self._dropout_rates(batch)
             if rates:  # the same mask path as inference; only the mask changes
                 batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index)
             out = model(batch)
-            loss = self.step_loss(out, batch) if self.step_loss is not None \
-                else self.loss_fn(out.logits.float(), batch.target)
+            loss = self._loss(out, batch)
             run.optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             if self.on_gradients is not None:
                 self.on_gradients(run.raw_model, out, batch, lambda t: fabric.all_reduce(t, reduce_op="sum"))
-            if c.grad_clip:
+            if c.grad_clip and run.private is None:  # DP-SGD clips every item's gradient itself
                 fabric.clip_gradients(model, run.optimizer, max_norm=c.grad_clip, error_if_nonfinite=False)
             run.optimizer.step()
             run.scheduler.step()
@@ -264,6 +316,9 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
                   "train_seconds": seconds, "samples_per_s": count * fabric.world_size / seconds}
         record.update(getattr(self.on_gradients, "epoch_record", dict)())
+        if run.private is not None:
+            run.state["privacy"] = run.private.state()
+            record["epsilon"] = run.private.epsilon()
         return record
 
     def _end_epoch(self, run: "_Run", epoch: int, record: Dict[str, float]) -> bool:
@@ -286,7 +341,7 @@ class Trainer:
                                  step=epoch + 1)
         state["epoch"] = epoch + 1
         if self.is_main:
-            shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}")
+            shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}", "epsilon")
             log.info("epoch %d/%d: %s", epoch + 1, c.epochs,
                      ", ".join(f"{k}={record[k]:.4f}" for k in dict.fromkeys(shown) if k in record))
             if self.checkpoint_path is not None:
@@ -391,6 +446,16 @@ def parameter_groups(model: torch.nn.Module, c: TrainConfig) -> list:
     return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
 
 
+class _EmptyAware:
+    """A collate function that gives None for an empty batch (a Poisson sample can be empty)."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, items):
+        return self.collate(items) if len(items) else None
+
+
 @dataclass
 class _Run:
     """One fit's moving parts: the Fabric-wrapped and the raw model, optimizer, schedule, loaders,
@@ -405,6 +470,7 @@ class _Run:
     val_loader: Optional[DataLoader]
     frozen: List[str]
     state: Dict[str, Any]
+    private: Any = None  # engine.privacy.PrivateTraining of a DP-SGD run
 
     def changing_state(self) -> Dict[str, torch.Tensor]:
         """The weights that training changes (fully frozen encoders left out)."""

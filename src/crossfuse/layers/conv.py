@@ -15,7 +15,7 @@ class ConvStack(nn.Sequential):
         c_in = in_channels
         for c in channels:
             for _ in range(convs):
-                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
                 c_in = c
             layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)

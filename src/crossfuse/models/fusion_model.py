@@ -10,6 +10,7 @@ from crossfuse.encoders import ENCODERS, Encoder
 from crossfuse.fusion import FUSIONS, Fusion
 from crossfuse.heads import Head
 from crossfuse.layers import masked_mean
+from crossfuse.layers.private import dp_replacements, replace_layers
 from crossfuse.models.trust import Trust
 from crossfuse.types import Batch, CachedFeatures, ModelOutput
 
@@ -36,6 +37,15 @@ class FusionModel(nn.Module):
         self.aux_outputs = aux_outputs
         self.aux_heads = nn.ModuleDict({m: nn.Linear(e.output_dim, aux_outputs) for m, e in self.encoders.items()}) \
             if aux_outputs else None
+        self.private_layers: Dict[str, str] = {}  # layers replaced for DP-SGD (layers.private): path -> kind
+
+    def make_private(self) -> Dict[str, str]:
+        """Replace the trainable layers DP-SGD cannot train (layers.private), in place; the model's
+        architecture records them. Returns path -> kind of what was replaced."""
+        replaced = dp_replacements(self)
+        replace_layers(self, replaced)
+        self.private_layers.update(replaced)
+        return replaced
 
     def encode(self, batch: Batch) -> Encoded:
         """Per-modality features (and, for token-level fusion, sequences) of a batch."""
@@ -83,6 +93,7 @@ class FusionModel(nn.Module):
             "head": {"out_dim": self.head.out_dim, "kwargs": self.head.rebuild_kwargs()},
             **({"trust": self.trust.architecture()} if self.trust is not None else {}),
             **({"aux_outputs": self.aux_outputs} if self.aux_outputs else {}),
+            **({"private": {"replaced": dict(self.private_layers)}} if self.private_layers else {}),
         }
 
     @classmethod
@@ -93,4 +104,8 @@ class FusionModel(nn.Module):
                                **arch["fusion"]["kwargs"])
         trust = Trust.from_architecture(arch["trust"]) if arch.get("trust") else None
         head = Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"])
-        return cls(encoders, fusion, head, trust, aux_outputs=arch.get("aux_outputs"))
+        model = cls(encoders, fusion, head, trust, aux_outputs=arch.get("aux_outputs"))
+        replaced = (arch.get("private") or {}).get("replaced") or {}
+        replace_layers(model, replaced)
+        model.private_layers.update(replaced)
+        return model

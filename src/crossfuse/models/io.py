@@ -20,6 +20,7 @@ from crossfuse.atomic import atomic_directory, read_json
 from crossfuse.encoders import ENCODERS, rebuild_problems
 from crossfuse.errors import CrossfuseError
 from crossfuse.fusion import FUSIONS
+from crossfuse.layers.private import replacement_problems
 from crossfuse.models.fusion_model import FusionModel
 from crossfuse.models.retrieval_model import RetrievalModel
 
@@ -109,6 +110,10 @@ def architecture_problems(arch: Dict[str, Any]) -> List[str]:
         problems.append(f"aux_outputs: must be an integer in [1, {MAX_OUTPUTS:,}]. Got {aux!r}.")
     if arch.get("trust") is not None:
         problems += [f"trust: {p}" for p in trust_problems(arch["trust"], set(arch["encoders"]))]
+    if arch.get("private") is not None:
+        private = arch["private"]
+        problems += [f"private.replaced: {p}" for p in replacement_problems(
+            private.get("replaced") if isinstance(private, dict) else None)]
     return problems
 
 
