@@ -84,6 +84,8 @@ def main() -> None:
                 label="DP-SGD")
     ax.axhline(rows[0][1], color="gray", linestyle="--", label="not private")
     ax.set_xscale("log")
+    ax.set_xticks([r[0] for r in private], [f"{r[0]:g}" for r in private])
+    ax.minorticks_off()
     ax.set_xlabel("epsilon (delta = 1/N)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{args.config.stem}: accuracy against epsilon")
