@@ -164,3 +164,58 @@ def test_the_per_item_check_catches_a_layer_that_mixes_the_batch():
         check_per_item_gradients(GradSampleModule(model), model, collate(items), items, collate, loss)
     plain = nn.Linear(3, 2)  # an ordinary layer passes
     check_per_item_gradients(GradSampleModule(plain), plain, collate(items), items, collate, loss)
+
+
+def test_an_encrypted_model_loads_with_the_key_and_fails_clearly_without_it(tmp_path, monkeypatch):
+    from crossfuse.cli.main import main
+    from crossfuse.encryption import new_key
+
+    cfg = tiny_config(make_items(tmp_path / "d", n=36), tmp_path / "run", epochs=1)
+    cfg["modalities"].pop("text")
+    result = train(parse_config(cfg))
+    model_dir = tmp_path / "run" / "model"
+    df = pd.read_csv(tmp_path / "d" / "manifest.csv").head(5)
+    before = result.predictor.predict_frame(df, tmp_path / "d", "m")
+    key = new_key()
+    monkeypatch.setenv("CROSSFUSE_KEY", key)
+    assert main(["encrypt", str(model_dir)]) == 0
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert names == ["config.json.enc", "model.safetensors.enc", "processors.json.enc"]
+    assert b"architecture" not in (model_dir / "config.json.enc").read_bytes()
+    after = Predictor.load(model_dir).predict_frame(df, tmp_path / "d", "m")
+    pd.testing.assert_frame_equal(before, after)
+    assert sorted(p.name for p in model_dir.iterdir()) == names  # nothing decrypted was written
+
+    from crossfuse.errors import CrossfuseError
+
+    monkeypatch.setenv("CROSSFUSE_KEY", new_key())
+    with pytest.raises(CrossfuseError, match="config.json.enc cannot be decrypted: the key is wrong"):
+        Predictor.load(model_dir)
+    monkeypatch.delenv("CROSSFUSE_KEY")
+    with pytest.raises(CrossfuseError, match="is encrypted: set CROSSFUSE_KEY"):
+        Predictor.load(model_dir)
+    monkeypatch.setenv("CROSSFUSE_KEY", key)
+    weights = model_dir / "model.safetensors.enc"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CrossfuseError, match="model.safetensors.enc cannot be decrypted: .*changed"):
+        Predictor.load(model_dir)
+
+
+def test_decrypt_restores_the_plain_files_and_keygen_writes_a_private_key_file(tmp_path, monkeypatch):
+    from crossfuse.cli.main import main
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"a": 1}')
+    (model_dir / "model.safetensors").write_bytes(b"\x00\x01weights")
+    key_file = tmp_path / "key"
+    assert main(["keygen", "--out", str(key_file)]) == 0
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert main(["encrypt", str(model_dir), "--key-file", str(key_file)]) == 0
+    assert main(["decrypt", str(model_dir), "--key-file", str(key_file)]) == 0
+    assert (model_dir / "model.safetensors").read_bytes() == b"\x00\x01weights"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
+    key_file.write_text("not a key")
+    assert main(["decrypt", str(model_dir), "--key-file", str(key_file)]) != 0

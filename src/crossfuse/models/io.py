@@ -52,12 +52,17 @@ def load_model(path: str | Path, map_location: str = "cpu", modalities: Optional
     """
     from safetensors import safe_open
 
+    from crossfuse.encryption import is_encrypted, load_key, read_decrypted
+
     path = Path(path)
-    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE) if not (path / f).is_file()]
+    plain = None  # an encrypted directory's files, decrypted in memory only
+    if is_encrypted(path):
+        plain = read_decrypted(path, (CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE), load_key(what=f"the model {path}"))
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE) if plain is None and not (path / f).is_file()]
     if missing:
         raise CrossfuseError(f"{path} is not a crossfuse model directory (missing {', '.join(missing)})")
     config_file = path / CONFIG_FILE
-    meta = read_json(config_file)
+    meta = read_json(config_file) if plain is None else _json(plain[CONFIG_FILE], config_file)
     arch = meta.get("architecture") if isinstance(meta, dict) else None
     if not isinstance(arch, dict) or not isinstance(arch.get("encoders"), dict) or not arch["encoders"]:
         raise CrossfuseError(f"{config_file}: no 'architecture' with encoders; not a crossfuse model config")
@@ -67,17 +72,43 @@ def load_model(path: str | Path, map_location: str = "cpu", modalities: Optional
         raise CrossfuseError(f"{config_file} cannot be loaded:\n" + "\n".join(f"  - {p}" for p in problems))
     build = _builder(arch)
     try:
-        with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if keep(k)}
+        if plain is None:
+            with safe_open(str(path / WEIGHTS_FILE), framework="pt", device="cpu") as f:
+                stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if keep(k)}
+        else:
+            stored = {k: v for k, v in _header_shapes(plain[WEIGHTS_FILE]).items() if keep(k)}
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise CrossfuseError(f"{path / WEIGHTS_FILE} is not a readable safetensors file: {exc}") from exc
     _check_shapes(build, stored, keep, config_file, path / WEIGHTS_FILE)
     model = _call(build, config_file)
-    with safe_open(str(path / WEIGHTS_FILE), framework="pt", device=map_location) as f:
-        model.load_state_dict({k: f.get_tensor(k) for k in stored})
+    if plain is None:
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt", device=map_location) as f:
+            model.load_state_dict({k: f.get_tensor(k) for k in stored})
+    else:
+        from safetensors.torch import load as load_bytes
+
+        tensors = load_bytes(plain[WEIGHTS_FILE])
+        model.load_state_dict({k: tensors[k].to(map_location) for k in stored})
     model.eval()
-    processors = load_processors(path / PROCESSORS_FILE, model)
+    states = None if plain is None else _json(plain[PROCESSORS_FILE], path / PROCESSORS_FILE)
+    processors = load_processors(path / PROCESSORS_FILE, model, states)
     return model, processors, meta
+
+
+def _json(data: bytes, file: Path) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CrossfuseError(f"{file} cannot be read as JSON: {exc}") from exc
+
+
+def _header_shapes(data: bytes) -> Dict[str, tuple]:
+    """Tensor name -> shape from a safetensors file's header (8-byte length, then JSON)."""
+    n = int.from_bytes(data[:8], "little")
+    if not 0 < n <= len(data) - 8:
+        raise ValueError("header length out of range")
+    header = json.loads(data[8:8 + n])
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
 def architecture_problems(arch: Dict[str, Any]) -> List[str]:
@@ -221,12 +252,12 @@ def _check_shapes(build, stored: Dict[str, tuple], keep, config_file: Path, weig
                              + "\n".join(f"  - {p}" for p in shown))
 
 
-def load_processors(file: Path, model: nn.Module) -> Dict[str, Any]:
+def load_processors(file: Path, model: nn.Module, states: Any = None) -> Dict[str, Any]:
     """The processors of ``model``'s modalities from processors.json, each checked against its
     encoder (vocabulary and feature counts) and against the processors' own limits."""
     from crossfuse.data.processors import PROCESSORS, processor_from_state
 
-    states = read_json(file)
+    states = read_json(file) if states is None else states
     encoders = getattr(model, "encoders", {})
     if not isinstance(states, dict) or not set(encoders) <= set(states):
         raise CrossfuseError(f"{file}: expected a processor for each of {', '.join(encoders)}")
