@@ -148,11 +148,16 @@ def task_for(cfg: Config) -> RunTask:
 def task_for_model(model_dir: Path) -> RunTask:
     """The RunTask that trained the model in ``model_dir`` (from its config.json; a directory that
     cannot be read is left to the loader, which names what is wrong)."""
-    import json
+    from crossfuse.encryption import is_encrypted, load_key, read_decrypted
 
     try:
-        kind = json.loads((Path(model_dir) / "config.json").read_text()).get("architecture", {}).get("kind")
-    except (OSError, ValueError, AttributeError):
+        if is_encrypted(Path(model_dir)):
+            key = load_key(what=f"the model {model_dir}")
+            text = read_decrypted(model_dir, ["config.json"], key)["config.json"]
+        else:
+            text = (Path(model_dir) / "config.json").read_bytes()
+        kind = json.loads(text).get("architecture", {}).get("kind")
+    except (OSError, ValueError, AttributeError, CrossfuseError):
         kind = None
     return TASKS.get("retrieval" if kind == "retrieval" else "fusion")()
 
