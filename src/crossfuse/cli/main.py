@@ -126,6 +126,22 @@ def _parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="print a new random key for encrypt/decrypt (keep it secret)")
     kg.add_argument("--out", type=Path, help="write it to this file (mode 600) instead of printing it")
 
+    an = sub.add_parser("anonymize", help="a copy of a manifest and its files with personal data in text replaced "
+                        "(<PERSON>) and faces blurred, plus a report of what was replaced")
+    an.add_argument("manifest", type=Path, help="CSV, JSONL or Parquet manifest")
+    an.add_argument("--out", type=Path, required=True, help="new directory for the manifest, files and report")
+    an.add_argument("--text-columns", nargs="+", help="text columns to anonymise (default: those inferred as text)")
+    an.add_argument("--image-columns", nargs="+", help="image columns (default: those inferred as images)")
+    an.add_argument("--exclude", nargs="+", default=[], help="columns never anonymised (the label, an id)")
+    an.add_argument("--detector", choices=["auto", "presidio", "regex"], default="auto",
+                    help="presidio (with spaCy) or patterns only; auto: presidio when installed (default)")
+    an.add_argument("--entities", nargs="+", help="entity types to replace (default: crossfuse's list; see "
+                    "docs/privacy.md)")
+    an.add_argument("--score-threshold", type=float, default=0.35, help="presidio: lowest confidence replaced")
+    an.add_argument("--faces", choices=["blur", "box", "none"], default="blur", help="what to do with faces")
+    an.add_argument("--allow-outside-paths", action="store_true", help="read files outside the manifest's folder")
+    an.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     sv = sub.add_parser("serve", help="serve a model (and search indexes) over HTTP: REST API and a web page")
     sv.add_argument("model", type=Path, help="model directory (fusion or retrieval)")
     sv.add_argument("--index", action="append", default=[], metavar="[NAME=]DIR",
@@ -418,6 +434,31 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def cmd_anonymize(args) -> int:
+    from crossfuse.config.io import anonymize_problems
+    from crossfuse.config.schema import AnonymizeConfig, Config, DataConfig
+    from crossfuse.data.anonymize import anonymize_manifest
+    from crossfuse.errors import ConfigError
+
+    settings = AnonymizeConfig(detector=args.detector, entities=args.entities, score_threshold=args.score_threshold,
+                               faces=None if args.faces == "none" else args.faces)
+    problems = anonymize_problems(Config(data=DataConfig(anonymize=settings)))
+    if problems:
+        raise ConfigError([p.replace("'data.anonymize.score_threshold'", "--score-threshold")
+                           .replace("'data.anonymize.entities'", "--entities") for p in problems])
+    report = anonymize_manifest(args.manifest, args.out, settings, args.text_columns, args.image_columns,
+                                args.exclude, args.allow_outside_paths, args.overwrite, progress=not args.quiet)
+    for col, s in report["columns"].items():
+        if s["kind"] == "text":
+            found = ", ".join(f"{k} {v}" for k, v in s["entities"].items()) or "nothing"
+            print(f"{col} (text, {s['detector']}): {s['cells_changed']} of {report['rows']} cells changed; {found}")
+        else:
+            print(f"{col} (image): {s['faces']} face(s) hidden in {s['images_changed']} of {s['images']} images")
+    print(f"wrote {args.out / args.manifest.name}, its files and anonymize_report.csv/.json (counts and types, "
+          "never the values)")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from crossfuse.serve.server import index_args, serve
 
@@ -446,7 +487,7 @@ def cmd_demo(args) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "index": cmd_index,
             "search": cmd_search, "validate": cmd_validate, "list": cmd_list, "cache": cmd_cache,
             "compare": cmd_compare, "tune": cmd_tune, "ensemble": cmd_ensemble, "serve": cmd_serve, "demo": cmd_demo,
-            "encrypt": cmd_encrypt, "decrypt": cmd_decrypt, "keygen": cmd_keygen}
+            "encrypt": cmd_encrypt, "decrypt": cmd_decrypt, "keygen": cmd_keygen, "anonymize": cmd_anonymize}
 
 if __name__ == "__main__":
     sys.exit(main())

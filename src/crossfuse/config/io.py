@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List
 import yaml
 
 from crossfuse.config.presets import preset_problems, with_preset
-from crossfuse.config.schema import Config, from_dict
+from crossfuse.config.schema import PII_ENTITIES, Config, from_dict
 from crossfuse.errors import ConfigError
 
 
@@ -150,7 +150,7 @@ def check_values(cfg: Config) -> List[str]:
             p.append(f"'train.balance.modality_lr.{key}' must be a number > 0. Got {factor!r}.")
         elif cfg.modalities and key not in cfg.modalities:
             p.append(_no_modality(cfg, f"train.balance.modality_lr.{key}", key))
-    p += privacy_problems(cfg)
+    p += privacy_problems(cfg) + anonymize_problems(cfg)
     precisions = {"auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"}
     if t.precision not in precisions:
         p.append(f"'train.precision' must be one of {', '.join(sorted(precisions))}. Got {t.precision!r}.")
@@ -186,6 +186,21 @@ def privacy_problems(cfg: Config) -> List[str]:
     if cfg.data.task == "retrieval":
         p.append("'train.privacy' is for classification and regression: a contrastive loss couples every item of "
                  "a batch with the others, so per-item gradients (what DP-SGD clips) do not exist.")
+    return p
+
+
+def anonymize_problems(cfg: Config) -> List[str]:
+    a = cfg.data.anonymize
+    if a is None:
+        return []
+    p = []
+    unknown = [e for e in (a.entities or []) if e not in PII_ENTITIES]
+    if unknown:
+        p.append(f"'data.anonymize.entities': unknown {', '.join(map(repr, unknown))}; known: {', '.join(PII_ENTITIES)}.")
+    if a.entities is not None and not a.entities:
+        p.append("'data.anonymize.entities' is empty: name at least one, or null for the default list.")
+    if not 0 <= a.score_threshold <= 1:
+        p.append(f"'data.anonymize.score_threshold' must be in [0, 1]. Got {a.score_threshold}.")
     return p
 
 

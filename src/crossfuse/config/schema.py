@@ -32,6 +32,31 @@ class SplitConfig:
     seed: int = 0
 
 
+# personal data the text anonymiser finds (Presidio's entity names, plus STREET_ADDRESS)
+PII_ENTITIES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "STREET_ADDRESS", "LOCATION", "DATE_TIME", "US_SSN",
+                "CREDIT_CARD", "IBAN_CODE", "US_PASSPORT", "UK_NHS", "MEDICAL_LICENSE", "URL", "IP_ADDRESS",
+                "US_DRIVER_LICENSE", "US_BANK_NUMBER", "US_ITIN", "NRP", "ORGANIZATION")
+# the default: the issue's list of personal data; organisations, nationalities and the US driving
+# licence / bank number patterns (which match many ordinary numbers) only when asked for
+DEFAULT_PII = PII_ENTITIES[:14]
+
+
+@dataclass
+class AnonymizeConfig:
+    """Personal data out of the inputs before anything sees them (docs/privacy.md): in text replaced
+    by typed placeholders (<PERSON>), in images faces blurred or boxed. Applied the same way at
+    training, evaluation, prediction and serving time (the model directory records it)."""
+
+    text_columns: Optional[List[str]] = None  # null: every text modality's columns
+    # presidio: Microsoft Presidio with spaCy's en_core_web_md (crossfuse[privacy]); regex: patterns
+    # only, which find no bare person names; auto: presidio when installed, else regex with a warning
+    detector: Literal["auto", "presidio", "regex"] = "auto"
+    entities: Optional[List[str]] = None  # null: DEFAULT_PII
+    score_threshold: float = 0.35  # presidio's findings below this confidence are left
+    image_columns: Optional[List[str]] = None  # null: every image modality's columns
+    faces: Optional[Literal["blur", "box"]] = "blur"  # null: images untouched
+
+
 @dataclass
 class DataConfig:
     manifest: Optional[str] = None
@@ -46,6 +71,7 @@ class DataConfig:
     # columns never used as inputs when the modalities are inferred (a copy of the label, a fold id)
     exclude: List[str] = field(default_factory=list)
     split: SplitConfig = field(default_factory=SplitConfig)
+    anonymize: Optional[AnonymizeConfig] = None  # null: inputs used as they are
 
 
 @dataclass
@@ -269,6 +295,8 @@ def _convert(tp: Any, value: Any, path: str, problems: List[str]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and value is not None:  # Optional[X]: X's own, more precise, messages
+            return _convert(options[0], value, path, problems)
         for option in options:  # first option that converts cleanly wins
             trial: List[str] = []
             out = _convert(option, value, path, trial)

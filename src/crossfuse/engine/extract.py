@@ -182,7 +182,8 @@ def _extract(enc, proc, m, rows: pd.DataFrame, base_dir, keys, store, batch_size
 
 
 def _use_device_decode(proc, df: pd.DataFrame, device: torch.device, wanted: Optional[bool]) -> bool:
-    if proc.kind != "image" or wanted is False:  # on-device decoding is nvjpeg's: JPEG images only
+    # on-device decoding is nvjpeg's: JPEG images only, and no face hiding (which needs the pixels on the CPU)
+    if proc.kind != "image" or wanted is False or proc.params.get("faces"):
         return False
     if wanted is None and device.type != "cuda":
         return False  # on a CPU, PIL in parallel workers is as fast and matches training exactly

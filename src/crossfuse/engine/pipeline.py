@@ -112,8 +112,9 @@ class FusionTask(RunTask):
             extra={**extra, "baseline": baseline} if baseline else extra)
         if baseline:
             metrics["baseline"] = baseline
-        if extra.get("privacy"):
-            metrics["privacy"] = extra["privacy"]
+        for key in ("privacy", "anonymize"):
+            if extra.get(key):
+                metrics[key] = extra[key]
         return metrics
 
     def baseline(self, ctx: RunContext, model, part: str, history, best_epoch: Optional[int]) -> Dict[str, Any]:

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, usable_rows
+from crossfuse.data.anonymize import anonymize_inputs, model_settings
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.inference import collect_outputs, default_device, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
@@ -31,6 +32,7 @@ class Predictor:
         # file paths of a manifest may leave its folder only when the caller says the manifest is
         # trusted (data.allow_outside_paths, --allow-outside-paths); a loaded model never says so
         self.allow_outside_paths = False
+        self.anonymize = model_settings(meta, "the model")  # data.anonymize of its training, applied alike
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
@@ -56,6 +58,7 @@ class Predictor:
         every row (e.g. predicting for items that have no audio at all).
         """
         target = self.target if with_target else None
+        df, _ = anonymize_inputs(df, self.anonymize, self.processors)
         absent = [m for m, p in self.processors.items() if not any(c in df.columns for c in p.columns)]
         if on_bad_item == "missing" and absent and len(absent) < len(self.processors):
             log.warning("Modalities with no column in %s are missing for every row: %s", file, ", ".join(absent))

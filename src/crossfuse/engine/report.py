@@ -46,6 +46,7 @@ def summary_text(metrics: Dict[str, Any], labels: Optional[List[str]], title: st
     lines += modality_sections(metrics)
     lines += shift_section(metrics.get("shift"))
     lines += privacy_section((extra or {}).get("privacy"))
+    lines += anonymize_section((extra or {}).get("anonymize"))
     lines += baseline_section(metrics, (extra or {}).get("baseline"))
     if labels and "per_class" in metrics:
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
@@ -126,6 +127,21 @@ def privacy_section(privacy: Optional[Dict[str, Any]]) -> List[str]:
             f"noise multiplier {privacy['noise_multiplier']:.4g}, per-item clip norm {privacy['max_grad_norm']:g}, "
             f"sampling rate {privacy['sample_rate']:.4g}, {privacy['steps']} steps). Validation and test items are "
             "not covered; the linear baseline below is not private."]
+
+
+def anonymize_section(summary: Optional[Dict[str, Any]]) -> List[str]:
+    """What data.anonymize replaced in the training data (counts and types, never the values)."""
+    if not summary:
+        return []
+    lines = ["", "## Anonymisation", "", "| input | what was done |", "|---|---|"]
+    for name, s in summary.items():
+        if s["kind"] == "text":
+            found = ", ".join(f"{k} {v}" for k, v in s["entities"].items()) or "nothing found"
+            lines.append(f"| {name} (text, {s['detector']}) | {s['cells_changed']} cells changed: {found} |")
+        else:
+            lines.append(f"| {name} (image) | faces {'blurred' if s['faces'] == 'blur' else 'boxed'} as each image "
+                         "is loaded |")
+    return lines
 
 
 def baseline_section(metrics: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -> List[str]:

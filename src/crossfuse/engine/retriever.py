@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, apply_policy, check_columns, find_problems, usable_rows
+from crossfuse.data.anonymize import anonymize_inputs, model_settings
 from crossfuse.data.processors import FILE_KINDS
 from crossfuse.data.processors.base import FileProcessor, resolve_path
 from crossfuse.data.processors.image import open_image
@@ -35,6 +36,7 @@ class Retriever:
         self.model, self.processors, self.meta = model, dict(processors), meta
         self.cache_root = cache_root
         self.allow_outside_paths = False  # as Predictor's: a manifest's files stay in its folder
+        self.anonymize = model_settings(meta, "the model")  # data.anonymize of its training, applied alike
         self.model.eval()
 
     @classmethod
@@ -69,6 +71,7 @@ class Retriever:
         mods = list(modalities or self.modalities)
         for m in mods:
             self._check_modality(m)
+        df, _ = anonymize_inputs(df, self.anonymize, self.processors)
         sources = with_cache(self.model, {m: self.processors[m] for m in mods}, df, base_dir, self.cache_root,
                              batch_size=batch_size, num_workers=num_workers, device=self.device, missing=missing,
                              progress=progress)
@@ -104,6 +107,7 @@ class Retriever:
         (an image listed once per caption) are indexed once."""
         self._check_modality(modality)
         proc = self.processors[modality]
+        df, _ = anonymize_inputs(df, self.anonymize, self.processors)  # the index stores the values it shows
         check_columns(df, {modality: proc}, file, None)
         problems = find_problems(df, {modality: proc}, file, base_dir, None, "retrieval",
                                  allow_outside=self.allow_outside_paths)

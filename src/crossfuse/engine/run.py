@@ -26,6 +26,7 @@ from crossfuse.config.io import save_yaml
 from crossfuse.config.schema import Component, Config
 from crossfuse.data import (Collator, ManifestDataset, apply_policy, check_columns, duplicate_ids, find_problems,
                             infer_modalities, is_flickr_dir, missing_cells, read_flickr, read_manifest)
+from crossfuse.data.anonymize import anonymize_inputs, column_problems, with_faces
 from crossfuse.data.manifest import SPLIT_LIKE, leaking_columns
 from crossfuse.data.processors import PROCESSORS
 from crossfuse.engine.extract import cache_root, with_cache
@@ -184,6 +185,7 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
             if save:
                 atomic_write(chosen, json.dumps(auto, indent=2))
     cfg = task.resolve(cfg, df, flickr)
+    cfg, df, anonymized = anonymize_run(cfg, df, progress=cfg.train.progress)
     processors, problems = validate_data(cfg, df, base_dir, file)
     df, policy_report = apply_policy(df, problems, cfg.data.on_bad_item, cfg.data.target if task.has_target else None)
     task.fit_targets(cfg, df, file)
@@ -219,7 +221,7 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
     sizes = {k: len(v) for k, v in splits.items()}
     extra = {"evaluated_on": part, **fields, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
              **{k: round(v, 2) for k, v in timings.items()}, **{f"{k}_items": v for k, v in sizes.items()},
-             **{f"policy_{k}": v for k, v in policy_report.items()}}
+             **{f"policy_{k}": v for k, v in policy_report.items()}, **({"anonymize": anonymized} if anonymized else {})}
     is_main = trainer.is_main
     clock = time.perf_counter()
     metrics = task.final_evaluation(ctx, runner, part, out_dir if (out_dir is not None and is_main) else None,
@@ -343,6 +345,23 @@ def load_table(cfg: Config) -> Tuple[pd.DataFrame, Path, str]:
                               "give a CSV, JSONL or Parquet manifest")
         return read_flickr(path), path, str(path)
     return read_manifest(path), path.parent, str(path)
+
+
+def anonymize_run(cfg: Config, df: pd.DataFrame, progress: bool = True):
+    """data.anonymize inside a run: faces hidden by the image processors as they load, personal data
+    in text replaced before anything reads it; returns (cfg, df, per-column summary)."""
+    settings = cfg.data.anonymize
+    if settings is None:
+        return cfg, df, {}
+    problems = column_problems(settings, cfg.modalities)
+    if problems:
+        raise ConfigError(problems)
+    cfg = dataclasses.replace(cfg, modalities=with_faces(cfg.modalities, settings))
+    df, summary = anonymize_inputs(df, settings, cfg.modalities, progress)
+    faces = [m for m, mc in cfg.modalities.items() if mc.processor.get("faces")]
+    if faces:
+        summary.update({m: {"kind": "image", "faces": settings.faces} for m in faces})
+    return cfg, df, summary
 
 
 def default_encoders(cfg: Config) -> Config:

@@ -5,10 +5,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 
+from crossfuse.data.anonymize import find_faces, hide_faces
 from crossfuse.data.processors.base import FileProcessor, is_blank, limit, resolve_path, stack_present
+from crossfuse.errors import MissingDependencyError
 
 MAX_SIDE = 4096  # the largest input size a model may ask images to be resized to
 # our own decompression-bomb limit, below Pillow's (which lets a 144-megapixel image through, to be
@@ -44,7 +47,8 @@ class ImageProcessor(FileProcessor):
     ``augment``: {hflip: bool, crop: float (min scale of a random resized crop), rotation: degrees,
     translate: float (largest shift, as a fraction of the side), erase: float (probability of
     erasing a random rectangle)};
-    ``max_pixels``: larger images are bad items (default 64 million).
+    ``max_pixels``: larger images are bad items (default 64 million);
+    ``faces``: blur or box the faces OpenCV finds as each image is loaded (data.anonymize sets it).
     """
 
     kind = "image"
@@ -61,6 +65,11 @@ class ImageProcessor(FileProcessor):
         self.params.setdefault("std", list(dc.get("std", [0.229, 0.224, 0.225])))
         self.params.setdefault("augment", {})
 
+    def check(self, df, base_dir: Path, open_files: bool, allow_outside: bool = False):
+        if self.params.get("faces"):  # a missing OpenCV fails here, before training, not in a loader
+            find_faces(np.zeros((32, 32, 3), np.uint8))
+        return super().check(df, base_dir, open_files, allow_outside)
+
     def probe(self, path: Path, open_files: bool) -> Optional[str]:
         if not open_files:
             return None
@@ -76,6 +85,8 @@ class ImageProcessor(FileProcessor):
 
     def limit_problems(self) -> List[str]:
         problems = limit(self.params, "size", 1, MAX_SIDE) + limit(self.params, "max_pixels", 1, 10 ** 10)
+        if self.params.get("faces") not in (None, "blur", "box"):
+            problems.append(f"'faces' must be blur, box or null; got {self.params['faces']!r}")
         for key in ("mean", "std"):
             v = self.params.get(key)
             if v is not None and (not isinstance(v, list) or len(v) != 3
@@ -116,7 +127,12 @@ class ImageProcessor(FileProcessor):
         if not hasattr(self, key):
             setattr(self, key, self._transform(train))
         try:
-            return getattr(self, key)(open_image(resolve_path(value, base_dir), self.max_pixels))
+            image = open_image(resolve_path(value, base_dir), self.max_pixels)
+            if self.params.get("faces"):
+                image = Image.fromarray(hide_faces(np.asarray(image), self.params["faces"])[0])
+            return getattr(self, key)(image)
+        except MissingDependencyError:
+            raise
         except Exception as exc:  # the file changed after validation: treat as missing, do not crash
             warnings.warn(f"{value}: unreadable image treated as missing ({exc})")
             return None
