@@ -314,3 +314,46 @@ def test_the_cache_message_counts_duplicates_apart(tmp_path, caplog):
         extract_module.cache_modalities(model, {"image": _image_processor(model)}, df, manifest.parent,
                                         tmp_path / "cache", device=torch.device("cpu"), progress=False)
     assert "8 items, 0 in the cache, 2 duplicates of other items, 6 to extract" in caplog.text
+
+
+def test_an_encrypted_cache_stores_no_plain_vectors_and_needs_its_key(tmp_path, extracted, monkeypatch, capsys):
+    pytest.importorskip("cryptography")
+    from crossfuse.cli.main import main
+    from crossfuse.encryption import new_key
+    from crossfuse.engine import Predictor
+    from crossfuse.errors import CrossfuseError
+
+    key = new_key()
+    monkeypatch.setenv("CROSSFUSE_KEY", key)
+    manifest = make_items(tmp_path / "d", n=12)
+    cache = tmp_path / "cache"
+    cfg = frozen_config(manifest, tmp_path / "r", cache)
+    cfg["cache"]["encrypt"] = True
+    first = train(parse_config(cfg))
+    assert extracted == [12]
+    (store,) = namespaces(cache)
+    files = sorted(p.name for p in store.dir.iterdir() if p.name not in ("meta.json", ".lock"))
+    assert files and all(name.endswith(".enc") for name in files)
+    assert json.loads((store.dir / "meta.json").read_text())["encrypted"] is True
+    vector = store.get(next(iter(store._index)))
+    raw = b"".join((store.dir / name).read_bytes() for name in files)
+    assert vector.tobytes()[:16] not in raw  # no vector's bytes in the clear
+    # a second run and the saved model read it back (no extraction), with the same results
+    cfg["output_dir"] = str(tmp_path / "r2")
+    assert train(parse_config(cfg)).metrics["accuracy"] == pytest.approx(first.metrics["accuracy"])
+    pred = Predictor.load(tmp_path / "r" / "model").predict_frame(pd.read_csv(manifest), manifest.parent)
+    assert extracted == [12] and len(pred) == 12
+    # a plain run never shares it: another namespace, extracted again
+    plain = frozen_config(manifest, tmp_path / "r3", cache)
+    train(parse_config(plain))
+    assert extracted == [12, 12] and len(namespaces(cache)) == 2
+    # without the key: cache info still lists it, reading it fails naming the cache; a wrong key is refused
+    monkeypatch.delenv("CROSSFUSE_KEY")
+    assert main(["cache", "info", "--dir", str(cache)]) == 0
+    assert "? (encrypted; no key)" in capsys.readouterr().out
+    cfg["output_dir"] = str(tmp_path / "r4")
+    with pytest.raises(CrossfuseError, match="embedding cache namespace .* is encrypted: set CROSSFUSE_KEY"):
+        train(parse_config(cfg))
+    monkeypatch.setenv("CROSSFUSE_KEY", new_key())
+    with pytest.raises(CrossfuseError, match="the key is wrong or the file was changed"):
+        EmbeddingStore(cache, store.dir.name)

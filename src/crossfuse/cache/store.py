@@ -11,6 +11,11 @@ place, so a shard exists only once its keys file does: a killed writer leaves at
 .npy (ignored, removed by ``clear``/``prune``), never a half-read entry. Every writer process
 writes its own shard names, so several processes can fill one namespace at once without locks.
 Reads memory-map the shards: a million 1,024-d vectors are not loaded into RAM to read a few.
+
+An encrypted namespace (``cache.encrypt: true``; meta.json says ``"encrypted": true``) holds
+``<shard>.npy.enc`` and ``<shard>.keys.json.enc`` instead, AES-256-GCM with the file's name as
+associated data (crossfuse.encryption), the key from ``CROSSFUSE_KEY``; a shard is decrypted into
+memory when first read, never to disk.
 """
 from __future__ import annotations
 
@@ -34,28 +39,58 @@ def default_root() -> Path:
 
 
 class EmbeddingStore:
-    """Vectors of one namespace, looked up by content key."""
+    """Vectors of one namespace, looked up by content key. ``encrypt``: a new namespace is written
+    encrypted (an existing one is what its meta.json says); ``need_key=False`` opens an encrypted
+    namespace without the key to report its size (no entries are read)."""
 
-    def __init__(self, root: str | Path, namespace: str, meta: Optional[Dict] = None):
+    def __init__(self, root: str | Path, namespace: str, meta: Optional[Dict] = None, encrypt: bool = False,
+                 need_key: bool = True):
         self.dir = Path(root) / namespace
         self.dir.mkdir(parents=True, exist_ok=True)
-        if meta is not None and not (self.dir / "meta.json").is_file():
-            atomic_write(self.dir / "meta.json", json.dumps(meta, indent=2))
+        meta_file = self.dir / "meta.json"
+        if meta is not None and not meta_file.is_file():
+            atomic_write(meta_file, json.dumps({**meta, **({"encrypted": True} if encrypt else {})}, indent=2))
+        self.encrypted = bool(_read_meta(meta_file).get("encrypted")) if meta_file.is_file() else encrypt
+        self._key: Optional[bytes] = None
+        if self.encrypted:
+            from crossfuse.encryption import KEY_ENV, load_key
+
+            if need_key or KEY_ENV in os.environ:
+                self._key = load_key(what=f"the embedding cache namespace {self.dir}")
+        self.suffix = ".enc" if self.encrypted else ""
         self._index: Dict[str, Tuple[int, int]] = {}
         self._shards: List[Path] = []
         self._maps: Dict[int, np.ndarray] = {}
         self.refresh()
 
+    def _read(self, path: Path) -> bytes:
+        data = path.read_bytes()
+        if not self.encrypted:
+            return data
+        from crossfuse.encryption import decrypt_bytes
+
+        return decrypt_bytes(data, self._key, path.name, path)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if self.encrypted:
+            from crossfuse.encryption import encrypt_bytes
+
+            data = encrypt_bytes(data, self._key, path.name)
+        atomic_write(path, data)
+
     def refresh(self) -> None:
         """Pick up shards written since (by this or other processes)."""
+        if self.encrypted and self._key is None:
+            return
         known = set(self._shards)
-        for keys_file in sorted(self.dir.glob(f"*{KEYS_SUFFIX}")):
-            npy = keys_file.with_name(keys_file.name[: -len(KEYS_SUFFIX)] + ".npy")
+        keys_suffix = KEYS_SUFFIX + self.suffix
+        for keys_file in sorted(self.dir.glob(f"*{keys_suffix}")):
+            npy = keys_file.with_name(keys_file.name[: -len(keys_suffix)] + ".npy" + self.suffix)
             if npy in known or not npy.is_file():
                 continue
             self._shards.append(npy)
             shard = len(self._shards) - 1
-            for row, key in enumerate(json.loads(keys_file.read_text())):
+            for row, key in enumerate(json.loads(self._read(keys_file))):
                 self._index.setdefault(key, (shard, row))
 
     def __len__(self) -> int:
@@ -85,7 +120,9 @@ class EmbeddingStore:
             return None
         shard, row = where
         if shard not in self._maps:
-            self._maps[shard] = np.load(self._shards[shard], mmap_mode="r")
+            path = self._shards[shard]
+            self._maps[shard] = np.load(io.BytesIO(self._read(path))) if self.encrypted else \
+                np.load(path, mmap_mode="r")
         return np.array(self._maps[shard][row])
 
     def put_many(self, keys: Sequence[str], vectors: np.ndarray) -> None:
@@ -98,21 +135,33 @@ class EmbeddingStore:
         name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         buffer = io.BytesIO()
         np.save(buffer, vectors)
-        atomic_write(self.dir / f"{name}.npy", buffer.getvalue())
-        atomic_write(self.dir / f"{name}{KEYS_SUFFIX}", json.dumps(list(keys)))  # the commit point
+        self._write(self.dir / f"{name}.npy{self.suffix}", buffer.getvalue())
+        self._write(self.dir / f"{name}{KEYS_SUFFIX}{self.suffix}", json.dumps(list(keys)).encode())  # the commit
         self.refresh()
 
     def info(self) -> Dict:
-        orphans = [p for p in self.dir.glob("*.npy") if not p.with_name(p.stem + KEYS_SUFFIX).is_file()]
+        npy = ".npy" + self.suffix
+        shards = list(self.dir.glob(f"*{npy}"))
+        orphans = [p for p in shards if not p.with_name(p.name[:-len(npy)] + KEYS_SUFFIX + self.suffix).is_file()]
         size = sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
-        meta = json.loads((self.dir / "meta.json").read_text()) if (self.dir / "meta.json").is_file() else {}
-        return {"namespace": self.dir.name, "entries": len(self), "shards": len(self._shards),
-                "orphans": len(orphans), "bytes": size, **{k: meta[k] for k in ("encoder", "dim") if k in meta}}
+        meta = _read_meta(self.dir / "meta.json") if (self.dir / "meta.json").is_file() else {}
+        locked = self.encrypted and self._key is None  # encrypted and no key: entries unknown
+        return {"namespace": self.dir.name, "entries": None if locked else len(self),
+                "shards": len(shards) - len(orphans), "orphans": len(orphans), "bytes": size,
+                "encrypted": self.encrypted, **{k: meta[k] for k in ("encoder", "dim") if k in meta}}
+
+
+def _read_meta(path: Path) -> Dict:
+    from crossfuse.atomic import read_json
+
+    meta = read_json(path)
+    return meta if isinstance(meta, dict) else {}
 
 
 def namespaces(root: str | Path) -> List[EmbeddingStore]:
     root = Path(root)
-    return [EmbeddingStore(root, p.name) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
+    return [EmbeddingStore(root, p.name, need_key=False) for p in sorted(root.iterdir()) if p.is_dir()] \
+        if root.is_dir() else []
 
 
 def clear(root: str | Path, namespace: Optional[str] = None) -> int:

@@ -341,7 +341,9 @@ def cmd_cache(args) -> int:
     print("| namespace | encoder | dim | entries | shards | orphans | MiB |\n|---|---|---|---|---|---|---|")
     for st in stores:
         i = st.info()
-        print(f"| {i['namespace']} | {i.get('encoder', '?')} | {i.get('dim', '?')} | {i['entries']} | {i['shards']} "
+        entries = "? (encrypted; no key)" if i["entries"] is None else f"{i['entries']}" + (
+            " (encrypted)" if i["encrypted"] else "")
+        print(f"| {i['namespace']} | {i.get('encoder', '?')} | {i.get('dim', '?')} | {entries} | {i['shards']} "
               f"| {i['orphans']} | {i['bytes'] / 2**20:.1f} |")
     print(f"{len(stores)} namespace(s), {sum(len(s) for s in stores)} vectors")
     return 0

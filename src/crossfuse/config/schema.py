@@ -193,6 +193,9 @@ class CacheConfig:
     enabled: bool = True  # frozen encoders' outputs are computed once and read from disk after
     dir: Optional[str] = None  # default: $CROSSFUSE_CACHE or ~/.cache/crossfuse/embeddings
     batch_size: int = 64  # extraction batch size
+    # store the vectors AES-256-GCM encrypted (crossfuse[privacy]; key from $CROSSFUSE_KEY), in
+    # namespaces of their own; decrypted in memory when read
+    encrypt: bool = False
 
 
 @dataclass

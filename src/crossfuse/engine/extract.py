@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 COMMIT_SECONDS = 5.0  # extraction writes what it has at least this often
 
 
-def fingerprint(encoder, processor: Processor, decoder: str = "default", precision: str = "32-true") -> str:
+def fingerprint(encoder, processor: Processor, decoder: str = "default", precision: str = "32-true",
+                encrypted: bool = False) -> str:
     """Digest of the encoder's identity, its weights, the processor's output-relevant settings, the
     image decoder (on-device JPEG decoding resizes slightly differently from PIL) and the precision
     the vectors are computed in (bf16 and fp32 vectors differ, so they never share a namespace).
@@ -45,6 +46,8 @@ def fingerprint(encoder, processor: Processor, decoder: str = "default", precisi
                 "processor": processor.cache_settings(), "decoder": decoder}
     if precision != "32-true":  # fp32 keys stay as they were, so existing caches keep their hits
         settings["precision"] = precision
+    if encrypted:  # an encrypted namespace never shares a directory with a plain one
+        settings["encrypted"] = True
     settings = json.dumps(settings, sort_keys=True, default=str)
     state = sorted(encoder.state_dict().items())
     try:
@@ -102,13 +105,14 @@ class CachedModality:
 @torch.inference_mode()
 def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path,
                      root: Path, batch_size: int = 64, num_workers: int = 0, device: Optional[torch.device] = None,
-                     missing=(), progress: bool = True, device_decode: Optional[bool] = None
-                     ) -> Dict[str, CachedModality]:
+                     missing=(), progress: bool = True, device_decode: Optional[bool] = None,
+                     encrypt: bool = False) -> Dict[str, CachedModality]:
     """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins.
 
     Modalities of the model that ``processors`` leaves out are left out here too.
     ``device_decode``: decode JPEG images on ``device`` (nvjpeg on a GPU) instead of with PIL in
     the workers; None turns it on for a CUDA device when every image of a modality is a JPEG.
+    ``encrypt``: the vectors are stored encrypted (cache.encrypt; the key from CROSSFUSE_KEY).
     """
     device = device or default_device()
     out: Dict[str, CachedModality] = {}
@@ -121,9 +125,10 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
             continue
         on_device = _use_device_decode(proc, df, device, device_decode)
         precision, _ = inference_precision(device)
-        namespace = fingerprint(enc, proc, "torchvision.io.decode_jpeg" if on_device else "default", precision)
+        namespace = fingerprint(enc, proc, "torchvision.io.decode_jpeg" if on_device else "default", precision,
+                                encrypted=encrypt)
         store = EmbeddingStore(root, namespace, meta={"encoder": enc.registry_name, "dim": enc.output_dim,
-                                                       "kwargs": enc.rebuild_kwargs()})
+                                                       "kwargs": enc.rebuild_kwargs()}, encrypt=encrypt)
         bad = {r for r, mod in missing if mod == m}
         keys: Dict[int, Optional[str]] = {}
         for row_id, row in zip(df.index, df[proc.columns].to_dict("records")):

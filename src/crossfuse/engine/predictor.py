@@ -33,6 +33,7 @@ class Predictor:
         # trusted (data.allow_outside_paths, --allow-outside-paths); a loaded model never says so
         self.allow_outside_paths = False
         self.anonymize = model_settings(meta, "the model")  # data.anonymize of its training, applied alike
+        self.cache_encrypt = bool(((meta.get("config") or {}).get("cache") or {}).get("encrypt"))
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictor":
@@ -75,7 +76,7 @@ class Predictor:
         targets = self.task.encode(df[self.target]) if with_target else None
         sources = with_cache(self.model, self.processors, df, base_dir, self.cache_root if use_cache else None,
                              batch_size=batch_size, num_workers=num_workers, device=self.device, missing=missing,
-                             progress=False)
+                             progress=False, encrypt=self.cache_encrypt)
         ds = ManifestDataset(df, sources, base_dir, targets, train=False, missing=missing)
         return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                           collate_fn=Collator(sources, regression=self.task.kind == "regression"))

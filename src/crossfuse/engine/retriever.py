@@ -37,6 +37,7 @@ class Retriever:
         self.cache_root = cache_root
         self.allow_outside_paths = False  # as Predictor's: a manifest's files stay in its folder
         self.anonymize = model_settings(meta, "the model")  # data.anonymize of its training, applied alike
+        self.cache_encrypt = bool(((meta.get("config") or {}).get("cache") or {}).get("encrypt"))
         self.model.eval()
 
     @classmethod
@@ -74,7 +75,7 @@ class Retriever:
         df, _ = anonymize_inputs(df, self.anonymize, self.processors)
         sources = with_cache(self.model, {m: self.processors[m] for m in mods}, df, base_dir, self.cache_root,
                              batch_size=batch_size, num_workers=num_workers, device=self.device, missing=missing,
-                             progress=progress)
+                             progress=progress, encrypt=self.cache_encrypt)
         loader = DataLoader(ManifestDataset(df, sources, base_dir, train=False, missing=missing), batch_size=batch_size,
                             num_workers=num_workers, collate_fn=Collator(sources))
         self.model.to(self.device).eval()

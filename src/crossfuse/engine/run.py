@@ -200,7 +200,8 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
 
     clock = time.perf_counter()
     ctx.sources = with_cache(model, processors, df, base_dir, ctx.cache_root, batch_size=cfg.cache.batch_size,
-                             num_workers=cfg.train.num_workers, missing=ctx.missing, progress=cfg.train.progress)
+                             num_workers=cfg.train.num_workers, missing=ctx.missing, progress=cfg.train.progress,
+                             encrypt=cfg.cache.encrypt)
     timings = {"extract_seconds": time.perf_counter() - clock}
     out_dir = Path(cfg.output_dir) if save else None
     trainer = Trainer(cfg.train, checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
