@@ -95,6 +95,25 @@ def test_a_gru_is_refused_up_front_with_the_fix(tmp_path):
         train(parse_config(cfg))
 
 
+def test_validate_finds_what_a_private_run_refuses_without_training(tmp_path, capsys):
+    import yaml
+
+    from crossfuse.cli.main import main
+
+    cfg = private_config(tmp_path / "d", tmp_path / "run")
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(tmp_path / "ok.yaml")]) == 0
+    assert "config and manifest OK" in capsys.readouterr().out
+    cfg["modalities"]["text"] = {"kind": "text", "columns": ["caption"],
+                                 "encoder": {"name": "gru", "embed_dim": 8, "hidden": 8}}
+    cfg["fusion"] = {"name": "weighted"}
+    (tmp_path / "gru.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(tmp_path / "gru.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "training would stop at" in out and "'encoders.text.rnn' is a GRU, which DP-SGD cannot train" in out
+    assert "Fix: freeze" in out and not (tmp_path / "run").exists()
+
+
 def test_resume_continues_the_budget(tmp_path):
     whole = train(parse_config(private_config(tmp_path / "d", tmp_path / "whole", epochs=4)))
     cfg = private_config(tmp_path / "d", tmp_path / "half", epochs=4)

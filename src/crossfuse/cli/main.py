@@ -3,6 +3,7 @@ demo."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -282,12 +283,19 @@ def cmd_search(args) -> int:
 def cmd_validate(args) -> int:
     from crossfuse.config import load_config
     from crossfuse.data import apply_policy
-    from crossfuse.engine.run import load_table, plan_problems, task_for, validate_data
+    from crossfuse.engine.run import load_table, plan_problems, privacy_problems, task_for, validate_data
 
     cfg = load_config(args.config, args.overrides)
     df, base_dir, file = load_table(cfg)
     task = task_for(cfg)
     cfg = task.resolve(cfg, df, flickr=Path(cfg.data.manifest).is_dir())
+    if cfg.data.anonymize is not None:  # the columns it names, and OpenCV for faces (the text is not scanned)
+        from crossfuse.data.anonymize import column_problems, with_faces
+        from crossfuse.errors import ConfigError
+
+        if column_problems(cfg.data.anonymize, cfg.modalities):
+            raise ConfigError(column_problems(cfg.data.anonymize, cfg.modalities))
+        cfg = dataclasses.replace(cfg, modalities=with_faces(cfg.modalities, cfg.data.anonymize))
     _, problems = validate_data(cfg, df, base_dir, file)
     for m, mc in cfg.modalities.items():
         print(f"modality {m}: {mc.kind} {mc.columns} -> encoder {mc.encoder.name}")
@@ -299,6 +307,8 @@ def cmd_validate(args) -> int:
     fatal, warnings = plan_problems(task, cfg, usable, file)
     for p in warnings:
         print(f"  warning: {p}")
+    if not fatal:
+        fatal = privacy_problems(task, cfg, usable, base_dir, file)
     if fatal:
         print(f"{len(fatal)} problem(s) training would stop at:")
         for p in fatal:

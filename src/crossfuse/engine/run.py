@@ -335,6 +335,29 @@ def plan_problems(task: RunTask, cfg: Config, df: pd.DataFrame, file: str) -> Tu
     return [], task.warnings(cfg, splits, file)
 
 
+def privacy_problems(task: RunTask, cfg: Config, df: pd.DataFrame, base_dir: Path, file: str) -> List[str]:
+    """What train.privacy would refuse before its first step, found as training finds it: the model
+    built, its layers replaced, per-item gradients checked on three training items (no cache, no
+    training). ``crossfuse validate`` reports them; [] when the config trains no private model."""
+    if cfg.train.privacy is None or not task.has_target:
+        return []
+    processors, problems = validate_data(cfg, df, base_dir, file)
+    df, _ = apply_policy(df, problems, "skip", cfg.data.target)
+    task.fit_targets(cfg, df, file)
+    splits = task.split(cfg, df, file)
+    ctx = RunContext(cfg, df, base_dir, file, processors, set(), splits, {})
+    ctx.sources = dict(processors)
+    seed_all(cfg.train.seed)
+    model = task.build_model(ctx)
+    trainer = Trainer(dataclasses.replace(cfg.train, logger="none"), **task.trainer_options(ctx))
+    rows = splits["train"].iloc[:8]
+    try:
+        trainer.check_privacy(model, ctx.dataset(rows, task.targets(ctx, rows), True), task.collator(ctx))
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
 # --- the steps every task shares ------------------------------------------------------------
 def load_table(cfg: Config) -> Tuple[pd.DataFrame, Path, str]:
     if not cfg.data.manifest:

@@ -242,6 +242,20 @@ class Trainer:
                      self.cfg.privacy.max_grad_norm)
         return PrivateTraining(self.cfg.privacy, n_items, self.cfg.batch_size, self.cfg.epochs, self.cfg.seed)
 
+    def check_privacy(self, model: torch.nn.Module, train_ds, collate) -> None:
+        """What train.privacy refuses before its first step (unsupported layers, per-item gradients
+        that are not the item's own), on ``model`` and a few training items, without training: a
+        ConfigError, as ``fit`` would raise it (``crossfuse validate``)."""
+        private = self._private(model, len(train_ds))
+        model.to(self.fabric.device)
+        wrapped, _ = private.wrap(model, self._optimizer(model))
+        if self.loss_fn is not None:
+            self.loss_fn = self.loss_fn.to(self.fabric.device)
+        try:
+            self._check_private(wrapped, model, train_ds, collate)
+        finally:
+            wrapped._close()
+
     def _check_private(self, wrapped, model, train_ds, collate) -> None:
         """Per-item gradients checked on a few real training items before the first step."""
         from crossfuse.engine.privacy import check_per_item_gradients
