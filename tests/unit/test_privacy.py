@@ -95,6 +95,16 @@ def test_a_gru_is_refused_up_front_with_the_fix(tmp_path):
         train(parse_config(cfg))
 
 
+def test_random_augmentation_inside_an_encoder_is_not_taken_for_mixed_items(tmp_path):
+    # SpecAugment draws its masks per forward pass: the per-item check must not refuse it
+    cfg = tiny_config(make_items(tmp_path / "d", n=30, audio=True), tmp_path / "run", epochs=1,
+                      privacy={"noise_multiplier": 1.0})
+    cfg["modalities"] = {"audio": {"kind": "audio", "columns": ["sound"], "processor": {"duration": 0.5},
+                                   "encoder": {"name": "audio_cnn", "channels": [4, 8], "n_mels": 16,
+                                               "specaugment": {"freq_mask": 4, "time_mask": 4}}}}
+    assert train(parse_config(cfg)).metrics["privacy"]["epsilon"] > 0
+
+
 def test_validate_finds_what_a_private_run_refuses_without_training(tmp_path, capsys):
     import yaml
 

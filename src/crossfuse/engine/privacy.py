@@ -168,11 +168,16 @@ def unknown_owners(model: nn.Module) -> List[str]:
 def check_per_item_gradients(gsm: nn.Module, model: nn.Module, batch, items: List[Any], collate: Callable,
                              loss: Callable, tolerance: float = 1e-3) -> None:
     """Every trainable parameter's per-item gradient on ``batch`` (the collated ``items``) equals the
-    gradient of that item's loss computed alone; else ConfigError naming the parameters. Dropout is
-    off during the check, so both passes compute the same function."""
+    gradient of that item's loss computed alone; else ConfigError naming the parameters. Dropout and
+    parameter-free random augmentation (SpecAugment's masks) are off during the check, so both passes
+    compute the same function; normalisation layers stay as they are (batch statistics do mix items)."""
     dropouts = [(m, m.p) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     for m, _ in dropouts:
         m.p = 0.0
+    augmenters = [m for m in model.modules() if m.training and next(m.parameters(), None) is None
+                  and not isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))]
+    for m in augmenters:
+        m.training = False
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     problems: Dict[str, float] = {}
     try:
@@ -204,6 +209,8 @@ def check_per_item_gradients(gsm: nn.Module, model: nn.Module, batch, items: Lis
         gsm.enable_hooks()
         for m, rate in dropouts:
             m.p = rate
+        for m in augmenters:
+            m.training = True
         model.zero_grad(set_to_none=True)
         for p in params.values():
             p.grad_sample = None
