@@ -42,10 +42,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key.sub=value applied to every run")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    raw = load_yaml(args.config)
-    manifest = raw.get("data", {}).get("manifest")
-    if manifest and not Path(manifest).is_absolute():
-        raw["data"]["manifest"] = str((args.config.parent / manifest).resolve())
+    raw = load_yaml(args.config)  # a relative manifest path is relative to the config file
     raw = apply_overrides(raw, args.overrides + ["train.progress=false"])
     rows = []
     for eps in [None] + args.epsilons:
