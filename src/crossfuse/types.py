@@ -23,6 +23,8 @@ class Batch:
     mask: Dict[Modality, torch.Tensor]
     target: Optional[torch.Tensor] = None
     index: Optional[torch.Tensor] = None  # position of each item in its data set
+    # training with modality dropout: the presence before the drop (what imagination learns from)
+    observed: Optional[Dict[Modality, torch.Tensor]] = None
 
     def __len__(self) -> int:
         return int(next(iter(self.mask.values())).shape[0])
@@ -33,6 +35,7 @@ class Batch:
             mask={m: v.to(device) for m, v in self.mask.items()},
             target=None if self.target is None else self.target.to(device),
             index=self.index,
+            observed=None if self.observed is None else {m: v.to(device) for m, v in self.observed.items()},
         )
 
 
@@ -70,3 +73,7 @@ class ModelOutput:
     mask: Optional[Dict[Modality, torch.Tensor]] = None  # the presence mask fusion used (after any trust gate)
     # each modality's own prediction from its features alone (models trained with auxiliary heads)
     aux_logits: Optional[Dict[Modality, torch.Tensor]] = None
+    # modality -> (batch,) bool: the items whose features the model imagined (missing.imagine)
+    imagined: Optional[Dict[Modality, torch.Tensor]] = None
+    # a loss the model adds to its own training (imagination's reconstruction, KL, adversarial terms)
+    extra_loss: Optional[torch.Tensor] = None

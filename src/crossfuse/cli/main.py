@@ -45,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="CSV file to write")
     _run_options(r)
 
+    im = sub.add_parser("imagine", help="imagine one modality's features from each row's others (a model trained "
+                        "with missing.imagine) and find the nearest real items to them")
+    im.add_argument("model", type=Path)
+    im.add_argument("manifest", type=Path, help="rows to imagine for (the modality itself may be absent)")
+    im.add_argument("--modality", required=True, help="the modality to imagine")
+    im.add_argument("--out", type=Path, help="output directory (default: MODEL/../imagine-MODALITY)")
+    im.add_argument("--gallery", type=Path, help="manifest of the real items to search among (default: MANIFEST)")
+    im.add_argument("--top", type=int, default=5, help="nearest real items per row (0: none)")
+    im.add_argument("--grid-rows", type=int, default=8, help="rows drawn in neighbours.png")
+    im.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    im.add_argument("--on-bad-item", choices=["error", "skip", "missing"], default="error")
+    _outside_option(im)
+
     ix = sub.add_parser("index", help="index a collection with a trained retrieval model")
     ix.add_argument("model", type=Path, help="retrieval model directory")
     ix.add_argument("manifest", type=Path, help="manifest (or Flickr folder) of the items to index")
@@ -235,6 +248,23 @@ def cmd_predict(args) -> int:
     result = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
                               args.num_workers, allow_outside_paths=args.allow_outside_paths)
     print(f"wrote {len(result)} predictions to {args.out}")
+    return 0
+
+
+def cmd_imagine(args) -> int:
+    from crossfuse.engine.imagine import imagine_manifest
+
+    out = args.out or args.model.parent / f"imagine-{args.modality}"
+    s = imagine_manifest(args.model, args.manifest, args.modality, out, gallery=args.gallery, top=args.top,
+                         grid_rows=args.grid_rows, on_bad_item=args.on_bad_item,
+                         allow_outside_paths=args.allow_outside_paths, overwrite=args.overwrite)
+    print(f"imagined {s['modality']} for {s['rows']} rows ({s['dim']}-d)" +
+          (f"; {s['left_out']} left out (no other modality)" if s["left_out"] else ""))
+    if "recall_at_1" in s:
+        at_k = s[f"recall_at_{s['top']}"]
+        print(f"own real item among the nearest: recall@1 {s['recall_at_1']:.3f}, recall@{s['top']} {at_k:.3f} "
+              f"(chance@1 {s['chance_at_1']:.4f}, {s['gallery_items']} real items)")
+    print(f"wrote {out}: imagined.npy, imagined.csv" + (", neighbours.csv, neighbours.png" if args.top else ""))
     return 0
 
 
@@ -496,7 +526,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "index": cmd_index,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "imagine": cmd_imagine, "index": cmd_index,
             "search": cmd_search, "validate": cmd_validate, "list": cmd_list, "cache": cmd_cache,
             "compare": cmd_compare, "tune": cmd_tune, "ensemble": cmd_ensemble, "serve": cmd_serve, "demo": cmd_demo,
             "encrypt": cmd_encrypt, "decrypt": cmd_decrypt, "keygen": cmd_keygen, "anonymize": cmd_anonymize}

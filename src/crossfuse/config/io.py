@@ -183,6 +183,10 @@ def privacy_problems(cfg: Config) -> List[str]:
     if str(t.devices) not in ("1", "auto") or t.strategy not in ("auto", "single_device"):
         p.append("'train.privacy' trains in one process: Opacus accounts for data parallelism only when the model "
                  "is wrapped for DP before it is distributed, which crossfuse does not do. Set train.devices: 1.")
+    if cfg.missing.imagine is not None and cfg.missing.imagine.kind == "gan":
+        p.append("'missing.imagine.kind: gan' cannot be used with 'train.privacy': the GAN's steps alternate, so "
+                 "on the generator's steps the discriminator gets no gradient, which DP-SGD's optimizer cannot "
+                 "step. Use kind mlp or cvae.")
     if cfg.data.task == "retrieval":
         p.append("'train.privacy' is for classification and regression: a contrastive loss couples every item of "
                  "a batch with the others, so per-item gradients (what DP-SGD clips) do not exist.")

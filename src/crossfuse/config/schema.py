@@ -174,6 +174,31 @@ class TrainConfig:
 
 
 @dataclass
+class ImagineConfig:
+    """Imagining an absent modality's features from the present ones (fusion models; see
+    crossfuse.models.imagine). Trains with the model; works best beside train.modality_dropout,
+    which decides what is hidden, so the fusion learns on imagined features."""
+
+    kind: Literal["mlp", "cvae", "gan"] = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [256])  # each generator's hidden widths
+    dropout: float = 0.1
+    weight: float = 1.0  # weight of the reconstruction loss beside the task's
+    # cvae and gan: draw the latent / noise at prediction instead of using its mean (0)
+    sample: bool = False
+    latent: int = 16  # cvae: latent size; gan: noise size
+    kl_weight: float = 0.01  # cvae: weight of the KL term
+    adv_weight: float = 0.1  # gan: weight of the generator's adversarial loss
+
+
+@dataclass
+class MissingConfig:
+    """What a model does with an absent modality: left out through the presence mask (always
+    possible), or, with ``imagine``, imagined from the modalities that are there."""
+
+    imagine: Optional[ImagineConfig] = None  # {} turns it on with the defaults
+
+
+@dataclass
 class TrustConfig:
     """Knowing when a present modality should not be believed, and calibrated probabilities
     (fusion models; fitted after training, saved with the model; see crossfuse.models.trust)."""
@@ -259,6 +284,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    missing: MissingConfig = field(default_factory=MissingConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     output_dir: str = "runs/latest"

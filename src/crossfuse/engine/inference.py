@@ -17,11 +17,12 @@ from crossfuse.types import Batch
 def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                     progress: bool = False, desc: str = "predict") -> Dict[str, Optional[np.ndarray]]:
     """Logits, modality weights (if the fusion has them), presence masks (``mask``: the items' own;
-    ``used``: what fusion used, after any trust gate), trust (once fitted), targets and item indices."""
+    ``used``: what fusion used, after any trust gate; ``imagined``: the absent modalities the model
+    imagined, missing.imagine), trust (once fitted), targets and item indices."""
     was_training = model.training
     if was_training:  # switching modes walks every submodule: only when needed (servers call this per batch)
         model.eval()
-    logits, weights, targets, index, masks, used, trust = [], [], [], [], [], [], []
+    logits, weights, targets, index, masks, used, trust, imagined = [], [], [], [], [], [], [], []
     for batch in Progress(loader, desc, enabled=progress, unit="batch"):
         batch: Batch = batch.to(device)
         with autocast or nullcontext():
@@ -37,11 +38,14 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
         used.append(torch.stack([effective[m].bool().cpu() for m in sorted(effective)], 1))
         if getattr(out, "trust", None) is not None:
             trust.append(out.trust.float().cpu())
+        if getattr(out, "imagined", None) is not None:
+            imagined.append(torch.stack([out.imagined[m].bool().cpu() for m in sorted(out.imagined)], 1))
     if was_training:
         model.train()
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
     return {"logits": cat(logits), "weights": cat(weights), "targets": cat(targets), "index": cat(index),
-            "mask": cat(masks), "used": cat(used), "trust": cat(trust)}
+            "mask": cat(masks), "used": cat(used), "trust": cat(trust),
+            "imagined": cat(imagined)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -85,8 +85,11 @@ def modality_shapley(model, loader: DataLoader, device, max_modalities: int = 8)
 def robustness_outputs(model, loader: DataLoader, device, processors: Mapping[str, Any],
                        seed: int = 0) -> Dict[str, Dict[str, Any]]:
     """Logits under every condition: clean, each modality removed, each kept alone, and each
-    modality corrupted at each strength its processor lists. Returns condition -> outputs."""
+    modality corrupted at each strength its processor lists; a model that imagines absent
+    modalities (missing.imagine) is also scored leaving them out (``removed_plain``, ``only_plain``).
+    Returns condition -> outputs."""
     mods = list(model.fusion.modalities)
+    imagines = getattr(model, "imagination", None) is not None
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     out: Dict[str, List[torch.Tensor]] = {}
@@ -107,6 +110,9 @@ def robustness_outputs(model, loader: DataLoader, device, processors: Mapping[st
             add(f"removed:{m}", model.fuse(enc, removed).logits, kind="removed", modality=m)
             alone = {k: v if k == m else torch.zeros_like(v, dtype=torch.bool) for k, v in batch.mask.items()}
             add(f"only:{m}", model.fuse(enc, alone).logits, kind="only", modality=m)
+            if imagines:  # the same model leaving the absent modalities out instead
+                add(f"removed_plain:{m}", model.fuse(enc, removed, imagine=False).logits, kind="removed", modality=m)
+                add(f"only_plain:{m}", model.fuse(enc, alone, imagine=False).logits, kind="only", modality=m)
         for m in mods:
             proc = processors[m]
             for name, strengths in proc.corruptions.items():

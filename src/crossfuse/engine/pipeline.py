@@ -35,6 +35,9 @@ class FusionTask(RunTask):
 
     def resolve(self, cfg: Config, df: pd.DataFrame, flickr: bool = False) -> Config:
         cfg = resolve_config(cfg, df)
+        if cfg.missing.imagine is not None and not cfg.train.modality_dropout:
+            log.warning("missing.imagine without train.modality_dropout: the generators learn, but the fusion "
+                        "meets imagined features in training only where the data lacks a modality")
         self.monitor = cfg.train.early_stopping.metric or ("rmse" if cfg.data.task == "regression" else "f1_macro")
         _check_monitor(self.monitor, cfg.data.task)
         return cfg

@@ -103,7 +103,8 @@ class Predictor:
 
     def result_frame(self, kept: pd.DataFrame, out: Dict[str, np.ndarray]) -> pd.DataFrame:
         """``outputs`` of ``kept``'s rows as predict writes them: row, id, prediction, class
-        probabilities, each modality's weight, trust and whether the trust gate used it."""
+        probabilities, each modality's weight, trust and whether the trust gate used it, and which
+        absent modalities were imagined (missing.imagine)."""
         return pd.DataFrame(self.result_columns(kept, out))
 
     def result_columns(self, kept: pd.DataFrame, out: Dict[str, np.ndarray]) -> Dict[str, Any]:
@@ -123,6 +124,9 @@ class Predictor:
             for j, m in enumerate(self.model.fusion.modalities):
                 cols[f"weight_{m}"] = out["weights"][:, j]
         cols.update(trust_columns(out, self.model.fusion.modalities))
+        if out.get("imagined") is not None:  # which absent modalities the model imagined for the row
+            for j, m in enumerate(sorted(self.model.fusion.modalities)):
+                cols[f"imagined_{m}"] = out["imagined"][:, j]
         return cols
 
     def evaluate_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>",
@@ -149,6 +153,12 @@ class Predictor:
             w, m = out["weights"], out["mask"]  # both in the fusion's (sorted) modality order
             metrics["mean_modality_weight"] = {mod: float(w[m[:, j], j].mean()) if m[:, j].any() else None
                                                for j, mod in enumerate(mods)}
+        if out.get("imagined") is not None:  # items whose absent modality the model imagined
+            metrics["imagined_items"] = {m: int(out["imagined"][:, j].sum()) for j, m in enumerate(sorted(mods))}
+            if out["weights"] is not None:
+                w, im = out["weights"], out["imagined"]
+                metrics["mean_weight_when_imagined"] = {m: float(w[im[:, j], j].mean()) if im[:, j].any() else None
+                                                        for j, m in enumerate(mods)}
         if attribution and len(mods) > 1 and len(mods) <= 8:
             shap = modality_shapley(self.model, loader, self.device)
             metrics["attribution"] = {"shapley_mean": shap["mean"], "shapley_share": shap["mean_abs_share"],
@@ -189,4 +199,10 @@ class Predictor:
                   "removed": {k.split(":", 1)[1]: v for k, v in score.items() if k.startswith("removed:")},
                   "only": {k.split(":", 1)[1]: v for k, v in score.items() if k.startswith("only:")},
                   "corrupted": corrupted}
+        if any(k.startswith("removed_plain:") for k in score):  # the model imagines absent modalities
+            report["imagined"] = True
+            report["removed_without_imagination"] = {k.split(":", 1)[1]: v for k, v in score.items()
+                                                     if k.startswith("removed_plain:")}
+            report["only_without_imagination"] = {k.split(":", 1)[1]: v for k, v in score.items()
+                                                  if k.startswith("only_plain:")}
         return report, curves

@@ -166,11 +166,17 @@ def unknown_owners(model: nn.Module) -> List[str]:
 
 
 def check_per_item_gradients(gsm: nn.Module, model: nn.Module, batch, items: List[Any], collate: Callable,
-                             loss: Callable, tolerance: float = 1e-3) -> None:
+                             loss: Callable, tolerance: float = 1e-3,
+                             hide: Optional[Callable[[Any, List[int]], Any]] = None) -> None:
     """Every trainable parameter's per-item gradient on ``batch`` (the collated ``items``) equals the
-    gradient of that item's loss computed alone; else ConfigError naming the parameters. Dropout and
-    parameter-free random augmentation (SpecAugment's masks) are off during the check, so both passes
-    compute the same function; normalisation layers stay as they are (batch statistics do mix items)."""
+    gradient of that item's loss computed alone; else ConfigError naming the parameters. Dropout,
+    parameter-free random augmentation (SpecAugment's masks) and the random draws of modules with a
+    ``stochastic`` switch (a CVAE's latent) are off during the check, so both passes
+    compute the same function; normalisation layers stay as they are (batch statistics do mix items).
+    ``hide(batch, positions)`` may remove modalities from the items at those positions of ``items``
+    (the same ones in both passes), so parts that act on absent modalities (imagination) are checked."""
+    if hide is not None:
+        batch = hide(batch, list(range(len(items))))
     dropouts = [(m, m.p) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     for m, _ in dropouts:
         m.p = 0.0
@@ -178,6 +184,9 @@ def check_per_item_gradients(gsm: nn.Module, model: nn.Module, batch, items: Lis
                   and not isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))]
     for m in augmenters:
         m.training = False
+    stochastic = [m for m in model.modules() if getattr(m, "stochastic", False)]  # e.g. a CVAE's draws
+    for m in stochastic:
+        m.stochastic = False
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     problems: Dict[str, float] = {}
     try:
@@ -199,6 +208,8 @@ def check_per_item_gradients(gsm: nn.Module, model: nn.Module, batch, items: Lis
         for i, item in enumerate(items):
             model.zero_grad(set_to_none=True)
             one = collate([item])
+            if hide is not None:
+                one = hide(one, [i])
             loss(model(one), one).backward()
             for n, p in params.items():
                 own = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -211,6 +222,8 @@ def check_per_item_gradients(gsm: nn.Module, model: nn.Module, batch, items: Lis
             m.p = rate
         for m in augmenters:
             m.training = True
+        for m in stochastic:
+            m.stochastic = True
         model.zero_grad(set_to_none=True)
         for p in params.values():
             p.grad_sample = None

@@ -71,12 +71,27 @@ def modality_sections(metrics: Dict[str, Any]) -> List[str]:
             mean = f"{att['shapley_mean'][m]:+.4f}" if att else "-"
             w = weights.get(m) if weights else None
             lines.append(f"| {m} | {share} | {mean} | {'-' if w is None else f'{w:.3f}'} |")
+    imagined = {m: n for m, n in (metrics.get("imagined_items") or {}).items() if n}
+    if imagined:
+        when = metrics.get("mean_weight_when_imagined") or {}
+        lines += ["", "Imagined (missing.imagine) where absent: " + ", ".join(
+            f"{m} for {n} items" + (f" (mean fusion weight {when[m]:.3f})" if when.get(m) is not None else "")
+            for m, n in imagined.items())]
     if rob:
         metric = rob["metric"]
-        lines += ["", "## Robustness", "", f"Clean {metric}: {rob['clean']:.4f}", "",
-                  f"| modality | {metric} without it | {metric} with it alone |", "|---|---|---|"]
-        for m in rob["removed"]:
-            lines.append(f"| {m} | {rob['removed'][m]:.4f} | {rob['only'][m]:.4f} |")
+        lines += ["", "## Robustness", "", f"Clean {metric}: {rob['clean']:.4f}", ""]
+        if rob.get("imagined"):  # the model imagines absent modalities: both ways side by side
+            plain_removed, plain_only = rob["removed_without_imagination"], rob["only_without_imagination"]
+            lines += ["Absent modalities imagined from the present ones (missing.imagine), and left out.", "",
+                      f"| modality | {metric} without it, imagined | left out | {metric} with it alone, the others "
+                      f"imagined | left out |", "|---|---|---|---|---|"]
+            for m in rob["removed"]:
+                lines.append(f"| {m} | {rob['removed'][m]:.4f} | {plain_removed[m]:.4f} | {rob['only'][m]:.4f} "
+                             f"| {plain_only[m]:.4f} |")
+        else:
+            lines += [f"| modality | {metric} without it | {metric} with it alone |", "|---|---|---|"]
+            for m in rob["removed"]:
+                lines.append(f"| {m} | {rob['removed'][m]:.4f} | {rob['only'][m]:.4f} |")
         lines += ["", f"| modality | corruption | strength | {metric} |", "|---|---|---|---|"]
         lines += [f"| {r['modality']} | {r['corruption']} | {r['strength']} | {r[metric]:.4f} |" for r in rob["corrupted"]]
         lines += ["", "![robustness](robustness.png)"]

@@ -185,7 +185,7 @@ class Retriever:
             return
         picks = qi[np.linspace(0, len(qi) - 1, min(n_queries, len(qi))).astype(int)]
         kinds = {m: {"kind": self.processors[m].kind, "tile": self.processors[m].tile} for m in pair}
-        value = lambda m, r: _display_value(df.iloc[r][self.processors[m].columns[0]], base_dir)  # noqa: E731
+        value = lambda m, r: display_value(df.iloc[r][self.processors[m].columns[0]], base_dir)  # noqa: E731
         queries = []
         for r in picks:
             scores = gv[gi] @ qv[r]
@@ -212,7 +212,7 @@ def query_modality(query: str, kinds: Mapping[str, str]) -> str:
     return by_kind["text"]
 
 
-def _display_value(value: Any, base_dir: Path) -> str:
+def display_value(value: Any, base_dir: Path) -> str:
     """A path made absolute when it names a file relative to the manifest; text as it is."""
     p = Path(str(value))
     if p.is_absolute():

@@ -73,6 +73,18 @@ class TrainResult:
     privacy: Optional[Dict[str, Any]] = None  # train.privacy: the guarantee spent (engine.privacy)
 
 
+def hide_for_check(batch: Batch, positions: List[int]) -> Batch:
+    """The item at position i of a check loses modality i mod n (when it keeps another), as
+    modality dropout would hide it: the privacy check then runs through imagination too."""
+    mods = sorted(batch.mask)
+    mask = {m: v.clone() for m, v in batch.mask.items()}
+    for row, pos in enumerate(positions):
+        m = mods[pos % len(mods)]
+        if mask[m][row] and sum(bool(mask[o][row]) for o in mods) > 1:
+            mask[m][row] = False
+    return Batch(batch.inputs, mask, batch.target, batch.index, observed=batch.mask)
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -263,12 +275,15 @@ class Trainer:
         items = [train_ds[i] for i in range(min(3, len(train_ds)))]
         device = self.fabric.device
         model.train()
+        hide = hide_for_check if getattr(model, "imagination", None) is not None else None
         check_per_item_gradients(wrapped, model, collate(items).to(device), items,
-                                 lambda its: collate(its).to(device), self._loss)
+                                 lambda its: collate(its).to(device), self._loss, hide=hide)
 
     def _loss(self, out, batch: Batch) -> torch.Tensor:
-        return self.step_loss(out, batch) if self.step_loss is not None \
+        loss = self.step_loss(out, batch) if self.step_loss is not None \
             else self.loss_fn(out.logits.float(), batch.target)
+        extra = getattr(out, "extra_loss", None)  # the model's own terms (imagination's reconstruction)
+        return loss if extra is None else loss + extra.float()
 
     def _restore(self, run: "_Run") -> None:
         """Continue from the checkpoint: weights, optimizer, schedule and the loop's own state."""
@@ -309,7 +324,8 @@ class Trainer:
             batch = batch.to(fabric.device)
             rates = self._dropout_rates(batch)
             if rates:  # the same mask path as inference; only the mask changes
-                batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index)
+                batch = Batch(batch.inputs, drop_modalities(batch.mask, rates), batch.target, batch.index,
+                              observed=batch.mask)
             out = model(batch)
             loss = self._loss(out, batch)
             run.optimizer.zero_grad(set_to_none=True)

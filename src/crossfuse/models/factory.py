@@ -1,9 +1,10 @@
 """Build processors and a FusionModel from a Config; check registry names and parameters first."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 import torch
@@ -15,6 +16,7 @@ from crossfuse.errors import ConfigError
 from crossfuse.fusion import FUSIONS
 from crossfuse.heads import Head
 from crossfuse.models.fusion_model import FusionModel
+from crossfuse.models.imagine import IMAGINERS, Imagination, build_imagination
 from crossfuse.models.retrieval_model import RetrievalModel
 
 
@@ -53,7 +55,38 @@ def component_problems(cfg: Config) -> List[str]:
         else:
             params = {k: v for k, v in cfg.fusion.params.items()}
             problems += [f"fusion: {p}" for p in FUSIONS.check_kwargs(cfg.fusion.name, params)]
+    problems += imagine_problems(cfg)
     return problems
+
+
+def imagine_problems(cfg: Config) -> List[str]:
+    """``missing.imagine`` needs a fusion model of two or more modalities and a vector-level fusion."""
+    im = cfg.missing.imagine
+    if im is None:
+        return []
+    problems = []
+    if cfg.data.task == "retrieval":
+        problems.append("missing.imagine: imagination fills absent modalities of fusion models; a retrieval "
+                        "model embeds each modality on its own")
+    if len([m for m in cfg.modalities.values() if m is not None]) == 1:
+        problems.append("missing.imagine needs at least two modalities: a generator predicts one modality's "
+                        "features from the others'")
+    name = cfg.fusion.name if cfg.fusion is not None else None
+    if name in FUSIONS and (FUSIONS.get(name).wants_sequences or cfg.fusion.params.get("sequences")):
+        problems.append(f"missing.imagine: fusion '{name}' reads token sequences, which imagination does not "
+                        "produce; use a vector-level fusion method")
+    if im.kind not in IMAGINERS:
+        problems.append(f"missing.imagine.kind: {IMAGINERS.unknown_message(im.kind)}")
+    else:
+        options = {k: getattr(im, k) for k in IMAGINERS.get(im.kind).config_keys}
+        problems += [f"missing.imagine: {p}" for p in IMAGINERS.check_kwargs(im.kind, options)]
+    return problems
+
+
+def imagination_for(cfg: Config, input_dims: Dict[str, int]) -> Optional[Imagination]:
+    """The config's ``missing.imagine`` generators, or None."""
+    im = cfg.missing.imagine
+    return None if im is None else build_imagination(im.kind, input_dims, dataclasses.asdict(im))
 
 
 def auto_fusion_problems(params: Dict) -> List[str]:
@@ -107,10 +140,11 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
     aux = out_dim if cfg.train.balance.aux_weight > 0 else None  # balanced training's per-modality heads
     if FUSIONS.get(cfg.fusion.name).decision_level:  # the fusion emits the outputs itself
         fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, n_outputs=out_dim, **cfg.fusion.params)
-        return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0), aux_outputs=aux)
+        return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0), aux_outputs=aux,
+                           imagination=imagination_for(cfg, input_dims))
     fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, **cfg.fusion.params)
     head = Head(fusion.output_dim, out_dim, hidden=cfg.head.hidden, dropout=cfg.head.dropout)
-    return FusionModel(encoders, fusion, head, aux_outputs=aux)
+    return FusionModel(encoders, fusion, head, aux_outputs=aux, imagination=imagination_for(cfg, input_dims))
 
 
 def build_retrieval_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.DataFrame,

@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 from crossfuse.encoders import ENCODERS, Encoder
+from crossfuse.errors import ConfigError
 from crossfuse.fusion import FUSIONS, Fusion
 from crossfuse.heads import Head
 from crossfuse.layers import masked_mean
 from crossfuse.layers.private import dp_replacements, replace_layers
+from crossfuse.models.imagine import IMAGINERS, Imagination
 from crossfuse.models.trust import Trust
 from crossfuse.types import Batch, CachedFeatures, ModelOutput
 
@@ -24,10 +26,11 @@ class Encoded(NamedTuple):
 class FusionModel(nn.Module):
     """Composes encoders, a fusion method and a head; after training, ``trust`` (models.trust) may
     gate untrusted modalities out of the mask and calibrate the logits. With ``aux_outputs`` each
-    modality also gets a linear head of its own (balanced training's auxiliary losses)."""
+    modality also gets a linear head of its own (balanced training's auxiliary losses). With
+    ``imagination`` (models.imagine) an absent modality is imagined from the present ones."""
 
     def __init__(self, encoders: Mapping[str, Encoder], fusion: Fusion, head: Head, trust: Optional[Trust] = None,
-                 aux_outputs: Optional[int] = None):
+                 aux_outputs: Optional[int] = None, imagination: Optional[Imagination] = None):
         super().__init__()
         # sorted: parameter order (and so optimizer state) must not depend on the config's key order
         self.encoders = nn.ModuleDict({m: encoders[m] for m in sorted(encoders)})
@@ -37,6 +40,10 @@ class FusionModel(nn.Module):
         self.aux_outputs = aux_outputs
         self.aux_heads = nn.ModuleDict({m: nn.Linear(e.output_dim, aux_outputs) for m, e in self.encoders.items()}) \
             if aux_outputs else None
+        if imagination is not None and fusion.wants_sequences:
+            raise ConfigError(f"missing.imagine: fusion '{fusion.registry_name}' reads token sequences, which "
+                              "imagination does not produce; use a vector-level fusion method")
+        self.imagination = imagination
         self.private_layers: Dict[str, str] = {}  # layers replaced for DP-SGD (layers.private): path -> kind
 
     def make_private(self) -> Dict[str, str]:
@@ -64,25 +71,33 @@ class FusionModel(nn.Module):
         trust = self.trust.scores(features) if self.trust is not None else None
         return Encoded(features, sequences if token_level else None, trust)
 
-    def fuse(self, encoded: Encoded, mask: Mapping[str, torch.Tensor], gate: Optional[bool] = None) -> ModelOutput:
+    def fuse(self, encoded: Encoded, mask: Mapping[str, torch.Tensor], gate: Optional[bool] = None,
+             imagine: bool = True, observed: Optional[Mapping[str, torch.Tensor]] = None) -> ModelOutput:
         """Fusion and head for given features and presence mask; encoders are not rerun, so
         what-if questions (a modality removed) cost one fusion pass each. ``gate`` overrides the
-        trust's own setting (False: the plain model; True: untrusted modalities removed)."""
+        trust's own setting (False: the plain model; True: untrusted modalities removed).
+        ``imagine=False`` leaves absent modalities out even when the model can imagine them;
+        ``observed`` (training) is the presence before modality dropout, what imagination learns from."""
         if encoded.trust is not None and (self.trust.gate_on if gate is None else gate):
             mask = self.trust.gate(encoded.trust, mask)
+        features, used, imagined, extra = encoded.features, mask, None, None
+        if self.imagination is not None and imagine:  # imagined vectors enter fusion marked present
+            features, imagined, extra = self.imagination(encoded.features, mask,
+                                                         observed if observed is not None else mask)
+            used = {m: mask[m].bool() | imagined[m] for m in mask}
         if encoded.sequences is not None:
-            fused = self.fusion(encoded.features, mask, sequences=encoded.sequences)
+            fused = self.fusion(features, used, sequences=encoded.sequences)
         else:
-            fused = self.fusion(encoded.features, mask)
+            fused = self.fusion(features, used)
         logits = self.head(fused.fused)
         if self.trust is not None:
             logits = self.trust.calibrate(logits)
         aux = {m: h(encoded.features[m]) for m, h in self.aux_heads.items()} if self.aux_heads is not None else None
         return ModelOutput(logits=logits, fused=fused.fused, weights=fused.weights, features=encoded.features,
-                           trust=encoded.trust, mask=mask, aux_logits=aux)
+                           trust=encoded.trust, mask=mask, aux_logits=aux, imagined=imagined, extra_loss=extra)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        return self.fuse(self.encode(batch), batch.mask)
+        return self.fuse(self.encode(batch), batch.mask, observed=batch.observed)
 
     # --- self-description -----------------------------------------------------------------
     def architecture(self) -> Dict[str, Any]:
@@ -94,6 +109,7 @@ class FusionModel(nn.Module):
             **({"trust": self.trust.architecture()} if self.trust is not None else {}),
             **({"aux_outputs": self.aux_outputs} if self.aux_outputs else {}),
             **({"private": {"replaced": dict(self.private_layers)}} if self.private_layers else {}),
+            **({"imagine": self.imagination.architecture()} if self.imagination is not None else {}),
         }
 
     @classmethod
@@ -104,7 +120,9 @@ class FusionModel(nn.Module):
                                **arch["fusion"]["kwargs"])
         trust = Trust.from_architecture(arch["trust"]) if arch.get("trust") else None
         head = Head(fusion.output_dim, arch["head"]["out_dim"], **arch["head"]["kwargs"])
-        model = cls(encoders, fusion, head, trust, aux_outputs=arch.get("aux_outputs"))
+        imagination = IMAGINERS.build(arch["imagine"]["kind"], input_dims={m: e.output_dim for m, e in encoders.items()},
+                                      **arch["imagine"]["kwargs"]) if arch.get("imagine") else None
+        model = cls(encoders, fusion, head, trust, aux_outputs=arch.get("aux_outputs"), imagination=imagination)
         replaced = (arch.get("private") or {}).get("replaced") or {}
         replace_layers(model, replaced)
         model.private_layers.update(replaced)

@@ -22,6 +22,7 @@ from crossfuse.errors import CrossfuseError
 from crossfuse.fusion import FUSIONS
 from crossfuse.layers.private import replacement_problems
 from crossfuse.models.fusion_model import FusionModel
+from crossfuse.models.imagine import IMAGINERS
 from crossfuse.models.retrieval_model import RetrievalModel
 
 CONFIG_FILE, WEIGHTS_FILE, PROCESSORS_FILE = "config.json", "model.safetensors", "processors.json"
@@ -141,6 +142,8 @@ def architecture_problems(arch: Dict[str, Any]) -> List[str]:
         problems.append(f"aux_outputs: must be an integer in [1, {MAX_OUTPUTS:,}]. Got {aux!r}.")
     if arch.get("trust") is not None:
         problems += [f"trust: {p}" for p in trust_problems(arch["trust"], set(arch["encoders"]))]
+    if arch.get("imagine") is not None:
+        problems += [f"imagine: {p}" for p in imagine_problems(arch["imagine"])]
     if arch.get("private") is not None:
         private = arch["private"]
         problems += [f"private.replaced: {p}" for p in replacement_problems(
@@ -149,6 +152,21 @@ def architecture_problems(arch: Dict[str, Any]) -> List[str]:
 
 
 MAX_OUTPUTS = 100_000  # classes a saved model may have
+
+
+def imagine_problems(im: Any) -> List[str]:
+    """A saved imagination's kind and parameters (names and ranges)."""
+    if not isinstance(im, dict) or not isinstance(im.get("kwargs"), dict):
+        return ["must be {kind, kwargs}"]
+    if im.get("kind") not in IMAGINERS:
+        return [IMAGINERS.unknown_message(im.get("kind"))]
+    cls = IMAGINERS.get(im["kind"])
+    known = set(cls.config_keys) | {"momentum"}
+    problems = [f"unknown parameter '{k}' of {im['kind']}" for k in im["kwargs"] if k not in known]
+    sample = im["kwargs"].get("sample", False)
+    if not isinstance(sample, bool):
+        problems.append(f"sample: must be true or false. Got {sample!r}.")
+    return problems + IMAGINERS.check_kwargs(im["kind"], im["kwargs"])
 
 
 def ensemble_problems(arch: Dict[str, Any]) -> List[str]:

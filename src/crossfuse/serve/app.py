@@ -355,6 +355,7 @@ class Prediction(BaseModel):
     weights: Optional[Dict[str, Optional[float]]] = None
     trust: Optional[Dict[str, Optional[float]]] = None
     used: Optional[Dict[str, bool]] = None
+    imagined: Optional[Dict[str, bool]] = None  # absent modalities the model imagined (missing.imagine)
 
 
 class PredictResponse(BaseModel):

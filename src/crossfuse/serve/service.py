@@ -334,6 +334,7 @@ class Service:
         res["weights"] = {m: _num(r[f"weight_{m}"]) for m in mods} if f"weight_{mods[0]}" in r else None
         res["trust"] = {m: _num(r[f"trust_{m}"]) for m in mods} if f"trust_{mods[0]}" in r else None
         res["used"] = {m: bool(r[f"used_{m}"]) for m in mods} if f"used_{mods[0]}" in r else None
+        res["imagined"] = {m: bool(r[f"imagined_{m}"]) for m in mods} if f"imagined_{mods[0]}" in r else None
         return res
 
     @torch.inference_mode()
