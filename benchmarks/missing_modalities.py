@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--imagine", nargs="*", default=["mlp", "cvae", "gan"], help="imagination kinds to try (none: --imagine)")
     p.add_argument("--imagine-dropout", type=float, default=0.3, help="modality dropout beside imagination")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--no-single", action="store_true", help="skip the single-modality models (a quicker look)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     raw = load_yaml(args.config)
@@ -73,7 +74,7 @@ def main() -> None:
             return train(cfg, save=False)
 
         test = split_frame(df, base.data.split, base.data.target, stratify=True)["test"]
-        for m in mods:
+        for m in [] if args.no_single else mods:
             results.setdefault(f"single:{m}", []).append(run([m], 0.0).metrics["accuracy"])
         for name, dropout, imagine in variants:
             full = run(mods, dropout, imagine)
@@ -92,6 +93,8 @@ def main() -> None:
         v = np.array(results[key])
         return f"{v.mean():.4f} +- {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
 
+    if args.no_single:
+        return
     single = {m: np.mean(results[f"single:{m}"]) for m in mods}
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"{manifest}, fusion {args.fusion}, seeds {args.seeds}; "

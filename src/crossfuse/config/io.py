@@ -111,6 +111,8 @@ def check_values(cfg: Config) -> List[str]:
     checks = [
         (lambda: t.epochs >= 1, f"'train.epochs' must be an int >= 1. Got {t.epochs}."),
         (lambda: t.batch_size >= 1, f"'train.batch_size' must be an int >= 1. Got {t.batch_size}."),
+        (lambda: t.num_nodes is None or t.num_nodes >= 1,
+         f"'train.num_nodes' must be an int >= 1 or null (from the launcher). Got {t.num_nodes}."),
         (lambda: t.lr > 0, f"'train.lr' must be > 0. Got {t.lr}."),
         (lambda: t.weight_decay >= 0, f"'train.weight_decay' must be >= 0. Got {t.weight_decay}."),
         (lambda: 0 <= t.momentum < 1, f"'train.momentum' must be in [0, 1). Got {t.momentum}."),
@@ -180,7 +182,7 @@ def privacy_problems(cfg: Config) -> List[str]:
     if t.balance.ogm_alpha is not None:
         p.append("'train.balance.ogm_alpha' cannot be used with 'train.privacy': gradient modulation rescales "
                  "gradients from the batch's own scores after DP-SGD has clipped and noised them. Set it to null.")
-    if str(t.devices) not in ("1", "auto") or t.strategy not in ("auto", "single_device"):
+    if str(t.devices) not in ("1", "auto") or t.strategy not in ("auto", "single_device") or (t.num_nodes or 1) > 1:
         p.append("'train.privacy' trains in one process: Opacus accounts for data parallelism only when the model "
                  "is wrapped for DP before it is distributed, which crossfuse does not do. Set train.devices: 1.")
     if cfg.missing.imagine is not None and cfg.missing.imagine.kind == "gan":

@@ -158,6 +158,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: Union[int, str] = 1
     strategy: str = "auto"
+    num_nodes: Optional[int] = None  # machines; null: from torchrun's / SLURM's environment, else 1
     progress: bool = True
     # retrieval: after early stopping chose the epoch count on the validation split, train a fresh
     # model on train + val for that many epochs (small pair sets gain from the extra pairs)

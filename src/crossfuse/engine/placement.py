@@ -7,8 +7,9 @@ never share a namespace.
 """
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
-from typing import Any, ContextManager, Tuple
+from typing import Any, ContextManager, Mapping, Optional, Tuple
 
 import torch
 
@@ -16,6 +17,19 @@ import torch
 def default_device() -> torch.device:
     """The first GPU when there is one, else the CPU (inference and extraction outside the trainer)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_num_nodes(configured: Optional[int], env: Optional[Mapping[str, str]] = None) -> int:
+    """Machines in the run: ``train.num_nodes`` when set, else what the launcher says (torchrun:
+    WORLD_SIZE / LOCAL_WORLD_SIZE; SLURM: SLURM_NNODES), else 1."""
+    if configured is not None:
+        return int(configured)
+    env = os.environ if env is None else env
+    if env.get("WORLD_SIZE") and env.get("LOCAL_WORLD_SIZE"):
+        return max(1, int(env["WORLD_SIZE"]) // max(1, int(env["LOCAL_WORLD_SIZE"])))
+    if env.get("SLURM_NNODES") and env.get("SLURM_NTASKS"):
+        return max(1, int(env["SLURM_NNODES"]))
+    return 1
 
 
 def resolve_precision(cfg: Any) -> str:

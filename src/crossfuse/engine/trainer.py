@@ -26,7 +26,7 @@ from crossfuse.encoders import is_frozen
 from crossfuse.engine.checkpoint import load_checkpoint, save_checkpoint
 from crossfuse.engine.inference import collect_outputs
 from crossfuse.engine.missing import drop_modalities
-from crossfuse.engine.placement import resolve_precision
+from crossfuse.engine.placement import resolve_num_nodes, resolve_precision
 from crossfuse.progress import Progress
 from crossfuse.types import Batch
 
@@ -113,7 +113,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.hparams = hparams or {}
         self.fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                             precision=resolve_precision(cfg), loggers=run_loggers(cfg.logger, log_dir))
+                             num_nodes=resolve_num_nodes(cfg.num_nodes), precision=resolve_precision(cfg),
+                             loggers=run_loggers(cfg.logger, log_dir))
         self.fabric.launch()
 
     @property
