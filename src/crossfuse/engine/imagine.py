@@ -157,8 +157,16 @@ def _neighbour_table(rows, g_rows, hits, scores, column: str, id_col: Optional[s
     return pd.DataFrame.from_records(records)
 
 
+SHOWN_FIRST = {"text": 0, "image": 1, "audio": 2, "tabular": 3}  # which present modality a grid row shows
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _grid(predictor, rows, g_rows, hits, scores, modality, base_dir, g_base, path: Path, n: int, same: bool) -> None:
-    """The first rows (evenly spread): the row's first other modality as the query, then the
+    """The first rows (evenly spread): one of the row's other modalities as the query (text first,
+    as the most readable), then the
     nearest real items of ``modality``; green when it is the row's own item."""
     others = [m for m in predictor.model.fusion.modalities if m != modality]
     picks = np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)
@@ -166,10 +174,11 @@ def _grid(predictor, rows, g_rows, hits, scores, modality, base_dir, g_base, pat
     queries = []
     for i in picks:
         r = rows.index[i]
-        shown = next((m for m in others if not rows.loc[r, predictor.processors[m].columns].isna().all()), others[0])
+        have = [m for m in others if not rows.loc[r, predictor.processors[m].columns].isna().all()] or others
+        shown = min(have, key=lambda m: SHOWN_FIRST.get(predictor.processors[m].kind, len(SHOWN_FIRST)))
         q_proc = predictor.processors[shown]
         value = rows.loc[r, q_proc.columns[0]] if len(q_proc.columns) == 1 else \
-            ", ".join(f"{c}={rows.loc[r, c]}" for c in q_proc.columns)
+            ", ".join(f"{c}={_short(rows.loc[r, c])}" for c in q_proc.columns)
         queries.append({"kind": q_proc.kind, "tile": q_proc.tile, "value": display_value(value, base_dir),
                         "results": [{"kind": proc.kind, "tile": proc.tile,
                                      "value": display_value(g_rows.loc[g_rows.index[p], proc.columns[0]], g_base),
