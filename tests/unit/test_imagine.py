@@ -58,6 +58,25 @@ def test_the_generator_never_reads_the_features_it_imagines(kind):
         assert rows.any() and not torch.allclose(changed[m][rows], out[m][rows])
 
 
+@pytest.mark.parametrize("train_encoders", [False, True])
+def test_the_generators_losses_reach_the_encoders_only_when_asked(train_encoders):
+    torch.manual_seed(0)
+    im = IMAGINERS.build("mlp", input_dims=DIMS, train_encoders=train_encoders)
+    im.train()
+    features, mask = features_and_mask()
+    features = {m: f.clone().requires_grad_(True) for m, f in features.items()}
+    out, imagined, loss = im(features, mask, {m: torch.ones(8, dtype=torch.bool) for m in DIMS})
+    # the reconstruction and an imagined vector's own values (what the task's loss reads)
+    (loss + sum(out[m][imagined[m]].sum() for m in DIMS)).backward()
+    for m in DIMS:
+        grad = features[m].grad
+        if train_encoders:  # a modality's features feed the other modalities' generators
+            assert grad is not None and grad.abs().sum() > 0
+        else:  # the generators read them detached
+            assert grad is None or torch.equal(grad, torch.zeros_like(grad))
+    assert all(p.grad is not None for p in im.parameters() if p.requires_grad)
+
+
 def small_model(fusion: str, imagine: str = "mlp") -> FusionModel:
     encoders = {m: ENCODERS.build("mlp", n_numeric=d, hidden=[d]) for m, d in DIMS.items()}
     dims = {m: e.output_dim for m, e in encoders.items()}

@@ -189,6 +189,9 @@ class ImagineConfig:
     latent: int = 16  # cvae: latent size; gan: noise size
     kl_weight: float = 0.01  # cvae: weight of the KL term
     adv_weight: float = 0.1  # gan: weight of the generator's adversarial loss
+    # true: the generators' losses also train the encoders they read (MMIN's joint training); off by
+    # default, as from-scratch encoders pulled that way lost the task (docs/missing.md)
+    train_encoders: bool = False
 
 
 @dataclass

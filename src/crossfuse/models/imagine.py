@@ -3,7 +3,8 @@
 A model with ``missing.imagine`` holds one generator per modality (Missing Modality Imagination
 Network, Zhao et al., ACL 2021; SMIL, Ma et al., AAAI 2021). For an item whose modality m is
 absent but some other modality is present, the generator of m reads the present modalities'
-features (each layer-normalised, zeroed when absent, with presence flags) and predicts m's
+features (each layer-normalised, zeroed when absent, with presence flags; detached unless
+``train_encoders``, so the encoders learn from the task alone) and predicts m's
 feature vector; the fusion then gets that vector with m marked present, plus a learned marker
 vector of m's own (a direction a LayerNorm keeps), so every fusion method can tell an imagined
 vector from a real one. The
@@ -11,9 +12,11 @@ generator never reads m's own features: its input is built from the other modali
 
 Training is joint with the task: on every item where m was observed (before modality dropout),
 the generator's prediction from the modalities left after dropout is pulled toward m's real
-features (stop-gradient on the target, in m's running-standardised space, so an ImageNet CNN's
-activations and a unit-norm sentence embedding weigh alike); dropped modalities are imagined in
-the task's forward pass, so the fusion learns on imagined features as it will meet them.
+features (stop-gradient on the target, in m's running-standardised space - the mean taken out,
+divided by one scale per modality - so an ImageNet CNN's activations and a unit-norm sentence
+embedding weigh alike); dropped modalities are imagined in the task's forward pass, so the fusion
+learns on imagined features as it will meet them, and the task's gradient trains the generators too.
+The encoders learn from the task alone unless ``train_encoders`` is set.
 
 Kinds (registry ``IMAGINERS``, chosen by ``missing.imagine.kind``):
 
@@ -43,7 +46,10 @@ IMAGINERS: Registry["Imagination"] = Registry("imagination")
 
 
 class _RunningStats(nn.Module):
-    """Per-dimension running mean and variance of one modality's observed features."""
+    """Running per-dimension mean and variance of one modality's observed features. Standardising
+    subtracts the mean and divides by one scale, the root of the mean variance over dimensions: a
+    near-constant dimension (a dead ReLU of a CNN still training) is not blown up to dominate the
+    reconstruction loss, and the squared error reads as the fraction of variance left unexplained."""
 
     def __init__(self, dim: int, momentum: float):
         super().__init__()
@@ -65,11 +71,14 @@ class _RunningStats(nn.Module):
             self.var.lerp_(var, self.momentum)
         self.seen += 1
 
+    def scale(self) -> torch.Tensor:
+        return (self.var.mean() + 1e-8).sqrt()
+
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / (self.var + 1e-5).sqrt()
+        return (x - self.mean) / self.scale()
 
     def restore(self, z: torch.Tensor) -> torch.Tensor:
-        return z * (self.var + 1e-5).sqrt() + self.mean
+        return z * self.scale() + self.mean
 
 
 class Imagination(nn.Module):
@@ -79,10 +88,10 @@ class Imagination(nn.Module):
         "hidden": (1, 16384), "dropout": (0.0, 0.99), "weight": (0.0, 1000.0), "latent": (1, 4096),
         "kl_weight": (0.0, 1000.0), "adv_weight": (0.0, 1000.0), "momentum": (1e-4, 1.0)}
     # the ImagineConfig fields this kind takes (besides input_dims)
-    config_keys: ClassVar[Sequence[str]] = ("hidden", "dropout", "weight", "sample")
+    config_keys: ClassVar[Sequence[str]] = ("hidden", "dropout", "weight", "sample", "train_encoders")
 
     def __init__(self, input_dims: Mapping[str, int], hidden: Sequence[int] = (256,), dropout: float = 0.1,
-                 weight: float = 1.0, sample: bool = False, momentum: float = 0.01):
+                 weight: float = 1.0, sample: bool = False, momentum: float = 0.1, train_encoders: bool = False):
         super().__init__()
         if len(input_dims) < 2:
             raise ConfigError("missing.imagine needs at least two modalities: a generator predicts one "
@@ -90,8 +99,14 @@ class Imagination(nn.Module):
         self.modalities = sorted(input_dims)
         self.input_dims = {m: int(input_dims[m]) for m in self.modalities}
         self.hidden, self.dropout, self.weight, self.sample = list(hidden), float(dropout), float(weight), bool(sample)
+        # False: the generators read the encoders' outputs detached, so neither the reconstruction nor
+        # the task loss through an imagined vector moves the encoders (trainable encoders pulled
+        # toward features predictable from the other modalities lost the task: AV-digits' clean
+        # validation accuracy fell from 0.84 to 0.61 after 8 epochs)
+        self.train_encoders = bool(train_encoders)
         self._init_kwargs: Dict[str, Any] = {"hidden": self.hidden, "dropout": self.dropout, "weight": self.weight,
-                                             "sample": self.sample, "momentum": momentum}
+                                             "sample": self.sample, "momentum": momentum,
+                                             "train_encoders": self.train_encoders}
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in self.input_dims.items()})
         # False: no random draws in training either (DP-SGD's per-item check compares two passes)
         self.stochastic = True
@@ -118,7 +133,8 @@ class Imagination(nn.Module):
             if o == target:
                 continue
             present = mask[o].to(features[o].dtype).unsqueeze(1)
-            parts += [self.norms[o](features[o]) * present, present]
+            f = features[o] if self.train_encoders else features[o].detach()
+            parts += [self.norms[o](f) * present, present]
         return torch.cat(parts, 1)
 
     # --- what a kind supplies ---------------------------------------------------------------
@@ -203,7 +219,7 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 class CVAEImagination(Imagination):
     """A conditional VAE per modality: posterior q(z | condition, target), decoder p(target | condition, z)."""
 
-    config_keys = ("hidden", "dropout", "weight", "sample", "latent", "kl_weight")
+    config_keys = Imagination.config_keys + ("latent", "kl_weight")
 
     def __init__(self, input_dims: Mapping[str, int], latent: int = 16, kl_weight: float = 0.01, **kwargs: Any):
         super().__init__(input_dims, **kwargs)
@@ -236,7 +252,7 @@ class GANImagination(Imagination):
     """A generator with noise and a discriminator per modality, trained in alternation (see the
     module's docstring), plus reconstruction on every step."""
 
-    config_keys = ("hidden", "dropout", "weight", "sample", "latent", "adv_weight")
+    config_keys = Imagination.config_keys + ("latent", "adv_weight")
 
     def __init__(self, input_dims: Mapping[str, int], latent: int = 16, adv_weight: float = 0.1, **kwargs: Any):
         super().__init__(input_dims, **kwargs)
