@@ -247,7 +247,10 @@ def cmd_predict(args) -> int:
 
     result = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
                               args.num_workers, allow_outside_paths=args.allow_outside_paths)
-    print(f"wrote {len(result)} predictions to {args.out}")
+    from crossfuse.engine.distributed import is_main
+
+    if is_main():  # under torchrun rank 0 wrote the file
+        print(f"wrote {len(result)} predictions to {args.out}")
     return 0
 
 
@@ -277,7 +280,10 @@ def cmd_index(args) -> int:
     index = index_manifest(args.model, args.manifest, out, args.modality, args.kind, add=args.add,
                            batch_size=args.batch_size, num_workers=args.num_workers,
                            allow_outside_paths=args.allow_outside_paths, **params)
-    print(f"index: {out} ({len(index)} {index.meta['modality']} items, {index.kind}, {index.backend})")
+    from crossfuse.engine.distributed import is_main
+
+    if is_main():
+        print(f"index: {out} ({len(index)} {index.meta['modality']} items, {index.kind}, {index.backend})")
     return 0
 
 

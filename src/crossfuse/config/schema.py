@@ -256,6 +256,9 @@ class RetrievalConfig:
     # the modality pair whose mean Recall@1/5/10 (both ways) early stopping watches; none: the first two
     monitor_pair: Optional[List[str]] = None
     bridge: Optional[BridgeConfig] = None  # {} turns it on with the defaults
+    # data parallelism: each rank's contrastive loss sees every rank's rows as negatives (gathered
+    # with their gradients, as OpenCLIP does); false: each rank's own batch only
+    global_negatives: bool = True
 
 
 @dataclass

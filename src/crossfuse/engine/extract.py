@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
 from crossfuse.data.processors.base import stack_present
 from crossfuse.encoders import is_frozen
+from crossfuse.errors import CrossfuseError
 from crossfuse.engine.placement import default_device, inference_precision
 from crossfuse.progress import Progress
 from crossfuse.types import Batch, CachedFeatures
@@ -106,16 +107,19 @@ class CachedModality:
 def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path,
                      root: Path, batch_size: int = 64, num_workers: int = 0, device: Optional[torch.device] = None,
                      missing=(), progress: bool = True, device_decode: Optional[bool] = None,
-                     encrypt: bool = False) -> Dict[str, CachedModality]:
+                     encrypt: bool = False, split_across_ranks: bool = False) -> Dict[str, CachedModality]:
     """Fill the cache for every cacheable modality over the rows of ``df``; return their stand-ins.
 
     Modalities of the model that ``processors`` leaves out are left out here too.
     ``device_decode``: decode JPEG images on ``device`` (nvjpeg on a GPU) instead of with PIL in
     the workers; None turns it on for a CUDA device when every image of a modality is a JPEG.
     ``encrypt``: the vectors are stored encrypted (cache.encrypt; the key from CROSSFUSE_KEY).
+    ``split_across_ranks``: every process of a distributed run calls this together; the misses are
+    split between them (``extraction_share``) and each returns once all are in the cache.
     """
     device = device or default_device()
     out: Dict[str, CachedModality] = {}
+    share: Optional[Tuple[int, int]] = None  # (this process's part, parts): decided on the first miss
     for m, enc in model.encoders.items():
         proc = processors.get(m)
         if proc is None or not is_frozen(enc) or not hasattr(proc, "content_key"):
@@ -133,22 +137,89 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
         keys: Dict[int, Optional[str]] = {}
         for row_id, row in zip(df.index, df[proc.columns].to_dict("records")):
             keys[int(row_id)] = None if int(row_id) in bad else proc.content_key(row, base_dir)
-        with store.writing():  # another run filling this namespace finishes first; its vectors count
-            todo, seen = [], set()
-            for row_id, key in keys.items():
-                if key is not None and key not in store and key not in seen:
-                    todo.append(row_id)
-                    seen.add(key)
-            present = [k for k in keys.values() if k is not None]
-            cached = sum(k in store for k in present)
-            duplicates = len(present) - cached - len(todo)
-            log.info("Modality %s: %d items, %d in the cache, %d duplicates of other items, %d to extract (%s)",
-                     m, len(keys), cached, duplicates, len(todo), namespace)
-            if todo:
-                extract = _extract_jpeg_on_device if on_device else _extract
-                extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device, progress)
+        extract = _extract_jpeg_on_device if on_device else _extract
+        if not split_across_ranks or _world() == 1:
+            with store.writing():  # another run filling this namespace finishes first; its vectors count
+                todo = _plan(m, keys, store, namespace)
+                if todo:
+                    extract(enc, proc, m, df.loc[todo], base_dir, keys, store, batch_size, num_workers, device,
+                            progress)
+        else:  # every process of a distributed run plans from the same state, then extracts its part
+            import torch.distributed as dist
+
+            share = share or extraction_share(root)
+            store.refresh()
+            todo = _plan(m, keys, store, namespace)
+            dist.barrier()  # nobody writes before everyone has planned
+            mine = todo[share[0]::share[1]]
+            log.info("Modality %s: this process extracts %d of the %d (part %d of %d)", m, len(mine), len(todo),
+                     share[0] + 1, share[1])
+            if mine:
+                extract(enc, proc, m, df.loc[mine], base_dir, keys, store, batch_size, num_workers, device, progress)
+            dist.barrier()
+            store.refresh()
+            absent = sum(k is not None and k not in store for k in keys.values())
+            if absent:
+                raise CrossfuseError(f"Modality {m}: {absent} vectors extracted by other processes are not in the "
+                                     f"cache at {store.dir}; is cache.dir on a filesystem every process of a node "
+                                     "shares?")
         out[m] = CachedModality(root, namespace, keys, enc.output_dim, proc.columns)
     return out
+
+
+def _plan(m: str, keys: Dict[int, Optional[str]], store: EmbeddingStore, namespace: str) -> List[int]:
+    """The rows whose vectors are to extract: one per content key not in the store."""
+    todo, seen = [], set()
+    for row_id, key in keys.items():
+        if key is not None and key not in store and key not in seen:
+            todo.append(row_id)
+            seen.add(key)
+    present = [k for k in keys.values() if k is not None]
+    cached = sum(k in store for k in present)
+    log.info("Modality %s: %d items, %d in the cache, %d duplicates of other items, %d to extract (%s)",
+             m, len(keys), cached, len(present) - cached - len(todo), len(todo), namespace)
+    return todo
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def extraction_share(root: Path) -> Tuple[int, int]:
+    """(this process's part, number of parts) of a distributed run's cache misses.
+
+    Rank 0 leaves a marker file in ``root`` and every process looks for it: when all see it, the
+    cache is on a filesystem the whole run shares, and the misses are split over every rank (each
+    item extracted once in the cluster). Otherwise each node fills its own cache, its misses split
+    over its own processes (LOCAL_RANK of LOCAL_WORLD_SIZE as torchrun sets them, or SLURM's
+    SLURM_LOCALID of SLURM_NTASKS_PER_NODE)."""
+    import os
+    import uuid
+
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    marker = Path(root) / f".cluster-{token[0]}"
+    if rank == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    dist.barrier()
+    seen: List[Any] = [None] * world
+    dist.all_gather_object(seen, marker.is_file())
+    dist.barrier()
+    if rank == 0:
+        marker.unlink(missing_ok=True)
+    if all(seen):
+        return rank, world
+    log.info("The embedding cache at %s is not shared by every node: each node extracts its own", root)
+    env = os.environ
+    local = env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    per_node = env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1")).split("(")[0]  # SLURM: "2(x3)"
+    return int(local), max(1, int(per_node))
 
 
 def with_cache(model, processors: Mapping[str, Processor], df: pd.DataFrame, base_dir: Path, root: Optional[Path],

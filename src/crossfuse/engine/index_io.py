@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from crossfuse.data import read_manifest
 from crossfuse.data.processors import PROCESSORS
 from crossfuse.data.processors.image import open_image
+from crossfuse.engine.distributed import is_main
 from crossfuse.engine.retriever import Retriever, query_modality
 from crossfuse.errors import CrossfuseError
 from crossfuse.index import VectorIndex
@@ -34,10 +35,11 @@ def index_manifest(model_dir: Path, manifest: Path, out: Path, modality: Optiona
             raise CrossfuseError(f"{out} indexes '{existing.meta.get('modality')}', not '{modality}'")
     index = retriever.build_index(df, base_dir, modality, kind, id_column=retriever.meta.get("id_column"),
                                   index=existing, batch_size=batch_size, num_workers=num_workers, file=str(manifest),
-                                  **params)
+                                  distributed=True, **params)  # under torchrun: one part of the rows per process
     sources = list((existing.meta.get("manifests") if existing else None) or []) + [str(manifest.resolve())]
     extra = {"model": str(Path(model_dir).resolve()), "modality": modality, "manifests": sources}
-    index.save(out, extra)
+    if is_main():  # one index, written by rank 0
+        index.save(out, extra)
     index.meta = {**index.meta, **extra}
     return index
 

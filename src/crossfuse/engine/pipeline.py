@@ -17,6 +17,7 @@ from crossfuse.atomic import atomic_write
 from crossfuse.config.schema import Config
 from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
 from crossfuse.engine.balance import balanced_loss, gradient_hook
+from crossfuse.engine.distributed import is_main
 from crossfuse.engine.baseline import linear_baseline
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.run import (TASKS, RunContext, RunResult, RunTask, default_encoders, infer_roles,  # noqa: F401
@@ -211,6 +212,7 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
     predictor.allow_outside_paths = allow_outside_paths
     df = read_manifest(manifest)
     result = predictor.predict_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
-                                     progress=True)
-    atomic_write(out_csv, result.to_csv(index=False))
+                                     progress=True, distributed=True)  # under torchrun: one part per process
+    if is_main():
+        atomic_write(out_csv, result.to_csv(index=False))
     return result

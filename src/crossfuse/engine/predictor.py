@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, usable_rows
 from crossfuse.data.anonymize import anonymize_inputs, model_settings
+from crossfuse.engine.distributed import is_main, split_map
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.inference import collect_outputs, default_device, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
@@ -94,12 +95,20 @@ class Predictor:
             self.model.to(self.device)
 
     def predict_frame(self, df: pd.DataFrame, base_dir: Path, file: str = "<dataframe>", on_bad_item: str = "error",
-                      batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> pd.DataFrame:
-        """One output row per usable input row: prediction, class probabilities, modality weights."""
-        kept, missing = self.prepare(df, base_dir, file, with_target=False, on_bad_item=on_bad_item)
-        out = self.outputs(kept, base_dir, missing, batch_size=batch_size, num_workers=num_workers,
-                           progress=progress)
-        return self.result_frame(kept, out)
+                      batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+                      distributed: bool = False) -> pd.DataFrame:
+        """One output row per usable input row: prediction, class probabilities, modality weights.
+        ``distributed``: every process a launcher started calls this together; each checks and
+        predicts its part of the rows (engine.distributed) and each returns the whole, in order."""
+        def part(rows: slice) -> Dict[str, Any]:
+            kept, missing = self.prepare(df.iloc[rows], base_dir, file, with_target=False, on_bad_item=on_bad_item)
+            out = self.outputs(kept, base_dir, missing, batch_size=batch_size, num_workers=num_workers,
+                               progress=progress and is_main())
+            return {k: np.asarray(v) for k, v in self.result_columns(kept, out).items()}
+
+        if not distributed:
+            return pd.DataFrame(part(slice(0, len(df))))
+        return pd.DataFrame(split_map(len(df), part))
 
     def result_frame(self, kept: pd.DataFrame, out: Dict[str, np.ndarray]) -> pd.DataFrame:
         """``outputs`` of ``kept``'s rows as predict writes them: row, id, prediction, class

@@ -65,6 +65,7 @@ class RetrievalTask(RunTask):
 
     result_class = RetrievalRun
     has_target = False
+    global_negatives = True  # retrieval.global_negatives, set with the trainer's options
 
     def resolve(self, cfg: Config, df: pd.DataFrame, flickr: bool = False) -> Config:
         cfg = resolve_retrieval_config(cfg, df, flickr)
@@ -89,7 +90,7 @@ class RetrievalTask(RunTask):
         return self.groups.loc[rows.index].to_numpy()
 
     def step_loss(self, out, batch):
-        return pair_loss(out, batch.target, self.loss)
+        return pair_loss(out, batch.target, self.loss, global_negatives=self.global_negatives)
 
     @torch.no_grad()
     def evaluate(self, model, loader, device) -> Dict[str, Any]:
@@ -111,6 +112,7 @@ class RetrievalTask(RunTask):
 
     def trainer_options(self, ctx: RunContext) -> Dict[str, Any]:
         self.loss, self.order = ctx.cfg.retrieval.loss, list(ctx.cfg.modalities)
+        self.global_negatives = ctx.cfg.retrieval.global_negatives
         return {"loss_fn": None, "metrics_fn": None, "monitor": self.monitor,
                 "higher_is_better": self.monitor != "loss", "step_loss": self.step_loss, "evaluate": self.evaluate}
 

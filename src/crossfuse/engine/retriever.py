@@ -16,6 +16,7 @@ from crossfuse.data.anonymize import anonymize_inputs, model_settings
 from crossfuse.data.processors import FILE_KINDS
 from crossfuse.data.processors.base import FileProcessor, resolve_path
 from crossfuse.data.processors.image import open_image
+from crossfuse.engine.distributed import is_main, split_map
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.placement import default_device
 from crossfuse.engine.retrieval_eval import (MONITOR, _group_codes, _unique_rows, collect_embeddings,
@@ -66,20 +67,27 @@ class Retriever:
 
     @torch.inference_mode()
     def embed_frame(self, df: pd.DataFrame, base_dir: Path, modalities: Optional[Sequence[str]] = None,
-                    missing=(), batch_size: int = 64, num_workers: int = 0, progress: bool = False
-                    ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-        """Shared-space embeddings of ``df``'s rows: {modality: (vectors (n, d), present (n,))}."""
+                    missing=(), batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+                    distributed: bool = False) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """Shared-space embeddings of ``df``'s rows: {modality: (vectors (n, d), present (n,))}.
+        ``distributed``: every process a launcher started calls this together; each embeds its part
+        of the rows (engine.distributed) and each returns the whole, in order."""
         mods = list(modalities or self.modalities)
         for m in mods:
             self._check_modality(m)
         df, _ = anonymize_inputs(df, self.anonymize, self.processors)
-        sources = with_cache(self.model, {m: self.processors[m] for m in mods}, df, base_dir, self.cache_root,
-                             batch_size=batch_size, num_workers=num_workers, device=self.device, missing=missing,
-                             progress=progress, encrypt=self.cache_encrypt)
-        loader = DataLoader(ManifestDataset(df, sources, base_dir, train=False, missing=missing), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=Collator(sources))
         self.model.to(self.device).eval()
-        return collect_embeddings(self.model, loader, self.device, mods, progress=progress)
+
+        def part(rows: slice) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+            rows_df = df.iloc[rows]
+            sources = with_cache(self.model, {m: self.processors[m] for m in mods}, rows_df, base_dir,
+                                 self.cache_root, batch_size=batch_size, num_workers=num_workers, device=self.device,
+                                 missing=missing, progress=progress and is_main(), encrypt=self.cache_encrypt)
+            loader = DataLoader(ManifestDataset(rows_df, sources, base_dir, train=False, missing=missing),
+                                batch_size=batch_size, num_workers=num_workers, collate_fn=Collator(sources))
+            return collect_embeddings(self.model, loader, self.device, mods, progress=progress and is_main())
+
+        return split_map(len(df), part) if distributed else part(slice(0, len(df)))
 
     def embed_queries(self, queries: Sequence[str], modality: Optional[str] = None,
                       base_dir: Path = Path(".")) -> Tuple[np.ndarray, str]:
@@ -102,7 +110,7 @@ class Retriever:
     def build_index(self, df: pd.DataFrame, base_dir: Path, modality: str, kind: str = "exact",
                     id_column: Optional[str] = None, index: Optional[VectorIndex] = None, batch_size: int = 64,
                     num_workers: int = 0, progress: bool = True, file: str = "<dataframe>",
-                    on_bad_item: str = "skip", **params: Any) -> VectorIndex:
+                    on_bad_item: str = "skip", distributed: bool = False, **params: Any) -> VectorIndex:
         """Index ``df``'s items of ``modality`` (or add them to ``index``). Each vector's id maps back to
         its row: {"row": 1-based row number, "value": the item, id_column: its id}. Identical items
         (an image listed once per caption) are indexed once."""
@@ -122,7 +130,8 @@ class Retriever:
         col = proc.columns[0]
         kept = kept.drop_duplicates(subset=proc.columns)
         vectors, present = self.embed_frame(kept, base_dir, [modality], batch_size=batch_size,
-                                            num_workers=num_workers, progress=progress)[modality]
+                                            num_workers=num_workers, progress=progress,
+                                            distributed=distributed)[modality]
         rows = kept[present]
         values = rows[col].tolist()
         if isinstance(proc, FileProcessor):  # stored resolved: results and grids work from any folder

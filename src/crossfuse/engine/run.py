@@ -198,15 +198,17 @@ def run_task(task: RunTask, cfg: Config, df: Optional[pd.DataFrame] = None, base
     model = task.build_model(ctx)
     log.info("Model: %s", task.describe(ctx, model))
 
-    clock = time.perf_counter()
-    ctx.sources = with_cache(model, processors, df, base_dir, ctx.cache_root, batch_size=cfg.cache.batch_size,
-                             num_workers=cfg.train.num_workers, missing=ctx.missing, progress=cfg.train.progress,
-                             encrypt=cfg.cache.encrypt)
-    timings = {"extract_seconds": time.perf_counter() - clock}
     out_dir = Path(cfg.output_dir) if save else None
+    # the trainer first: under torchrun its launch joins the process group, so the processes split
+    # the cache misses between them, each on its own device
     trainer = Trainer(cfg.train, checkpoint_path=None if out_dir is None else out_dir / "checkpoint.safetensors",
                       callbacks=callbacks, log_dir=None if out_dir is None else out_dir / "logs",
                       hparams=cfg.to_dict(), **task.trainer_options(ctx))
+    clock = time.perf_counter()
+    ctx.sources = with_cache(model, processors, df, base_dir, ctx.cache_root, batch_size=cfg.cache.batch_size,
+                             num_workers=cfg.train.num_workers, missing=ctx.missing, progress=cfg.train.progress,
+                             encrypt=cfg.cache.encrypt, device=trainer.fabric.device, split_across_ranks=True)
+    timings = {"extract_seconds": time.perf_counter() - clock}
     val = splits["val"]
     clock = time.perf_counter()
     result = trainer.fit(model, ctx.dataset(splits["train"], task.targets(ctx, splits["train"]), True),

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ class Trainer:
         self.fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
                              num_nodes=resolve_num_nodes(cfg.num_nodes), precision=resolve_precision(cfg),
                              loggers=run_loggers(cfg.logger, log_dir))
-        self.fabric.launch()
+        if not int(os.environ.get("LT_CLI_USED", "0")):  # `fabric run` started the processes and set them up
+            self.fabric.launch()
 
     @property
     def is_main(self) -> bool:

@@ -131,11 +131,21 @@ class RetrievalModel(nn.Module):
         return cls(encoders, **arch["retrieval"])
 
 
-def pair_loss(out: RetrievalOutput, groups: Optional[torch.Tensor], loss: str = "infonce") -> torch.Tensor:
+def pair_loss(out: RetrievalOutput, groups: Optional[torch.Tensor], loss: str = "infonce",
+              global_negatives: bool = False) -> torch.Tensor:
     """The contrastive loss averaged over every modality pair, each on the rows that
-    have both modalities. ``groups``: rows with equal ids are positives of each other."""
-    from crossfuse.layers import info_nce, sigmoid_loss
+    have both modalities. ``groups``: rows with equal ids are positives of each other.
+    ``global_negatives`` (training under data parallelism): every rank's rows are gathered with
+    their gradients first, so each rank computes the loss of the global batch; every rank must call
+    it in the same step."""
+    from crossfuse.layers import gather_rows, info_nce, sigmoid_loss
+    from crossfuse.layers.contrastive import world_size
 
+    if global_negatives and world_size() > 1:
+        out = RetrievalOutput({m: gather_rows(e) for m, e in out.embeddings.items()},
+                              {m: gather_rows(v.bool(), grad=False) for m, v in out.mask.items()},
+                              out.scale, out.bias)
+        groups = None if groups is None else gather_rows(groups, grad=False)
     mods = sorted(out.embeddings)
     terms = []
     for i, a in enumerate(mods):
