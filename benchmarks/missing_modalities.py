@@ -10,6 +10,7 @@ the test split with modalities removed through the presence mask (the same path 
     python benchmarks/missing_modalities.py                  # attention fusion, dropout 0.3 and 0.6, seeds 0 1
     python benchmarks/missing_modalities.py --fusion late --seeds 0 1 2
     python benchmarks/missing_modalities.py --imagine mlp cvae gan --imagine-dropout 0.3
+    python benchmarks/missing_modalities.py --dropout 0.3 --imagine mlp --aux-weight 0.5 --no-plain --no-single
     python benchmarks/missing_modalities.py --config benchmarks/configs/tuxpaint.yaml --fusion concat
 
 Needs espeak-ng for AV-digits (`make espeak-ng` installs it from Debian); Tux Paint: `make
@@ -47,6 +48,9 @@ def main() -> None:
     p.add_argument("--imagine-dropout", type=float, default=0.3, help="modality dropout beside imagination")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--no-single", action="store_true", help="skip the single-modality models (a quicker look)")
+    p.add_argument("--no-plain", action="store_true", help="skip the full model without modality dropout")
+    p.add_argument("--aux-weight", type=float, default=0.0,
+                   help="train.balance.aux_weight of the full models (each modality's own head and loss)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     raw = load_yaml(args.config)
@@ -63,13 +67,16 @@ def main() -> None:
 
     results: dict = {}
     start = time.perf_counter()
-    variants = [("plain", 0.0, None)] + [(f"dropout{d}", d, None) for d in args.dropout] \
+    variants = ([] if args.no_plain else [("plain", 0.0, None)]) + [(f"dropout{d}", d, None) for d in args.dropout] \
         + [(f"imagine-{k}", args.imagine_dropout, k) for k in args.imagine]
     for seed in args.seeds:
         def run(modalities, dropout, imagine=None):
+            balance = dataclasses.replace(base.train.balance, aux_weight=args.aux_weight if len(modalities) > 1
+                                          else base.train.balance.aux_weight)
             cfg = dataclasses.replace(base, modalities={m: base.modalities[m] for m in modalities},
                                       fusion=Component(args.fusion, dict(base.fusion.params)),
-                                      train=dataclasses.replace(base.train, seed=seed, modality_dropout=dropout),
+                                      train=dataclasses.replace(base.train, seed=seed, modality_dropout=dropout,
+                                                                balance=balance),
                                       missing=MissingConfig(ImagineConfig(kind=imagine) if imagine else None))
             return train(cfg, save=False)
 
@@ -93,31 +100,32 @@ def main() -> None:
         v = np.array(results[key])
         return f"{v.mean():.4f} +- {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
 
-    if args.no_single:
-        return
-    single = {m: np.mean(results[f"single:{m}"]) for m in mods}
+    single = {} if args.no_single else {m: np.mean(results[f"single:{m}"]) for m in mods}
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
-          f"{manifest}, fusion {args.fusion}, seeds {args.seeds}; "
+          f"{manifest}, fusion {args.fusion}, seeds {args.seeds}; aux_weight {args.aux_weight}; "
           f"{len(df)} items, test {len(test)}; total {time.perf_counter() - start:.0f} s; peak memory "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     names = [v[0] for v in variants]
-    heads = ["full model, no dropout"] + [f"full model, dropout {d}" for d in args.dropout] \
+    heads = ([] if args.no_plain else ["full model, no dropout"]) + [f"full model, dropout {d}" for d in args.dropout] \
         + [f"dropout {args.imagine_dropout} + imagine {k}" for k in args.imagine]
     print(f"\n| modalities present at test time | {' | '.join(heads)} | single-modality model(s) |")
     print("|---|" + "---|" * len(heads) + "---|")
-    best = max(single, key=single.get)
+
+    def best_of(candidates):
+        if not single:
+            return "-"
+        b = max(candidates, key=single.get)
+        return f"best single ({b}): {cell('single:' + b)}"
 
     def row(label, key, reference):
         print(f"| {label} | {' | '.join(cell(n + ':' + key) for n in names)} | {reference} |")
 
-    row(f"all: {', '.join(mods)}", "all", f"best single ({best}): {cell('single:' + best)}")
+    row(f"all: {', '.join(mods)}", "all", best_of(mods))
     for m in mods:
-        row(f"{m} only", f"only:{m}", f"{m} model: {cell('single:' + m)}")
+        row(f"{m} only", f"only:{m}", f"{m} model: {cell('single:' + m)}" if single else "-")
     for m in mods:
         rest = [x for x in mods if x != m]
-        b = max(rest, key=single.get)
-        row(f"{' + '.join(rest)} ({m} missing)", f"without:{m}", f"best single ({b}): {cell('single:' + b)}")
-
+        row(f"{' + '.join(rest)} ({m} missing)", f"without:{m}", best_of(rest))
 
 if __name__ == "__main__":
     main()

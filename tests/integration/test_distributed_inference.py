@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,3 +56,36 @@ def test_index_under_torchrun_equals_one_process(served, tmp_path):
     queries = np.random.default_rng(0).normal(size=(6, one.dim)).astype(np.float32)
     (s1, ids1), (s2, ids2) = one.search(queries, len(one)), two.search(queries, len(two))
     assert ids2 == ids1 and np.allclose(s2, s1, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_predict_reads_a_manifest_in_chunks_and_writes_what_one_pass_writes(served, tmp_path, suffix):
+    items = served["items"]
+    df = pd.read_csv(items).assign(unused=lambda d: d["caption"].str.upper())  # a column the model never reads
+    manifest = items.with_name(f"chunks{suffix}")
+    if suffix == ".parquet":
+        df.to_parquet(manifest, row_group_size=7)
+    else:
+        df.to_csv(manifest, index=False)
+    model = str(served["fusion"])
+    assert main(["-q", "predict", model, str(manifest), "--out", str(tmp_path / "whole.csv")]) == 0
+    assert main(["-q", "predict", model, str(manifest), "--out", str(tmp_path / "parts.csv"), "--chunk-rows", "10"]) == 0
+    whole, parts = pd.read_csv(tmp_path / "whole.csv"), pd.read_csv(tmp_path / "parts.csv")
+    assert len(parts) == len(df) and parts["row"].tolist() == list(range(1, len(df) + 1))
+    trust = [c for c in whole.columns if c.startswith("trust_")]
+    pd.testing.assert_frame_equal(parts.drop(columns=trust), whole.drop(columns=trust), atol=1e-5)
+    # trust is a conformal rank among 25 held-out items: rounding noise of other batch sizes can move
+    # an item across one neighbour, never further
+    assert trust and (parts[trust] - whole[trust]).abs().to_numpy().max() <= 1 / 25 + 1e-6
+
+
+def test_a_bad_row_in_a_later_chunk_leaves_no_csv(served, tmp_path, capsys):
+    items = served["items"]
+    df = pd.read_csv(items)
+    df.loc[30, "image"] = "img/not-there.png"
+    manifest = items.with_name("bad-late.csv")
+    df.to_csv(manifest, index=False)
+    out = tmp_path / "out.csv"
+    assert main(["-q", "predict", str(served["fusion"]), str(manifest), "--out", str(out), "--chunk-rows", "10"]) != 0
+    assert "not-there.png" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the CSV nor its temporary file

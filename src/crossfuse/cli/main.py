@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("model", type=Path)
     r.add_argument("manifest", type=Path)
     r.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    r.add_argument("--chunk-rows", type=int, default=100_000,
+                   help="rows read and predicted at a time (only the model's columns are read; memory stays "
+                   "bounded by a chunk)")
     _run_options(r)
 
     im = sub.add_parser("imagine", help="imagine one modality's features from each row's others (a model trained "
@@ -245,12 +248,13 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from crossfuse.engine import read_and_predict
 
-    result = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
-                              args.num_workers, allow_outside_paths=args.allow_outside_paths)
+    written = read_and_predict(args.model, args.manifest, args.out, args.on_bad_item, args.batch_size,
+                               args.num_workers, allow_outside_paths=args.allow_outside_paths,
+                               chunk_rows=args.chunk_rows)
     from crossfuse.engine.distributed import is_main
 
     if is_main():  # under torchrun rank 0 wrote the file
-        print(f"wrote {len(result)} predictions to {args.out}")
+        print(f"wrote {written} predictions to {args.out}")
     return 0
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pandas as pd
 
@@ -42,6 +42,51 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError([Problem(str(path), "manifest has no rows")])
     return df.reset_index(drop=True)
+
+
+def manifest_chunks(path: str | Path, columns: Optional[List[str]] = None, chunk_rows: int = 100_000
+                    ) -> Iterator[pd.DataFrame]:
+    """A manifest in parts of at most ``chunk_rows`` rows, each indexed by its rows' 0-based
+    positions in the whole file, so problems and outputs name the file's own rows. ``columns``:
+    only these are read (those the file lacks are left out, for the caller's checks to name).
+
+    Parquet is scanned in record batches with pyarrow and CSV/TSV read in chunks by pandas, so a
+    manifest larger than memory is never loaded whole, and only the columns asked for are read; a
+    JSON / JSONL manifest is read whole and cut. A manifest without rows is refused as
+    ``read_manifest`` refuses it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError([Problem(str(path), "manifest file not found")])
+    offset = 0
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            file = pq.ParquetFile(path)
+            names = set(file.schema_arrow.names)
+            wanted = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+            batches = file.iter_batches(batch_size=chunk_rows, columns=wanted)
+            frames: Iterator[pd.DataFrame] = (b.to_pandas() for b in batches)
+        elif suffix in (".csv", ".tsv"):
+            _check_utf8(path)
+            usecols = None if columns is None else (lambda c, wanted=set(columns): c in wanted)
+            frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=chunk_rows, usecols=usecols)
+        else:
+            whole = read_manifest(path)
+            whole = whole if columns is None else whole[[c for c in whole.columns if c in set(columns)]]
+            frames = (whole.iloc[i:i + chunk_rows] for i in range(0, len(whole), chunk_rows))
+        for frame in frames:
+            frame = frame.reset_index(drop=True)
+            frame.index = frame.index + offset
+            offset += len(frame)
+            yield frame
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError([Problem(str(path), f"cannot be parsed (after row {offset}): {exc}")]) from exc
+    if offset == 0:
+        raise DataError([Problem(str(path), "manifest has no rows")])
 
 
 def _check_utf8(path: Path) -> None:

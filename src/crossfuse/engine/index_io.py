@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from crossfuse.data import read_manifest
+import pandas as pd
+
+from crossfuse.data import manifest_chunks
 from crossfuse.data.processors import PROCESSORS
 from crossfuse.data.processors.image import open_image
 from crossfuse.engine.distributed import is_main
@@ -25,8 +27,10 @@ def index_manifest(model_dir: Path, manifest: Path, out: Path, modality: Optiona
         from crossfuse.data import read_flickr
 
         df, base_dir = read_flickr(manifest), manifest
-    else:
-        df, base_dir = read_manifest(manifest), manifest.parent
+    else:  # only the columns the index reads (a wide Parquet manifest is never loaded whole)
+        id_col = retriever.meta.get("id_column")
+        columns = [c for p in retriever.processors.values() for c in p.columns] + ([id_col] if id_col else [])
+        df, base_dir = pd.concat(list(manifest_chunks(manifest, columns))), manifest.parent
     modality = modality or _default_gallery(retriever)
     existing = None
     if add and (out / "index.json").is_file():

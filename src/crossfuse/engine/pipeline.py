@@ -2,8 +2,10 @@
 into a saved model for ``evaluate`` and ``predict``."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -13,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader
 
 import crossfuse
-from crossfuse.atomic import atomic_write
 from crossfuse.config.schema import Config
 from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
 from crossfuse.engine.balance import balanced_loss, gradient_hook
@@ -24,7 +25,7 @@ from crossfuse.engine.run import (TASKS, RunContext, RunResult, RunTask, default
                                   load_table, plan_problems, run_task, validate_data)
 from crossfuse.engine.task import CLASSIFICATION_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS, TaskSpec, infer_task
 from crossfuse.engine.trust import fit_trust, sample_rows
-from crossfuse.errors import ConfigError, Problem
+from crossfuse.errors import ConfigError, CrossfuseError, Problem
 from crossfuse.models import build_model, component_problems
 
 log = logging.getLogger(__name__)
@@ -207,12 +208,39 @@ def read_and_evaluate(model_dir: Path, manifest: Path, out_dir: Optional[Path], 
 
 
 def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item: str = "error",
-                     batch_size: int = 64, num_workers: int = 0, allow_outside_paths: bool = False) -> pd.DataFrame:
+                     batch_size: int = 64, num_workers: int = 0, allow_outside_paths: bool = False,
+                     chunk_rows: int = 100_000) -> int:
+    """``crossfuse predict``: predictions for every usable row of ``manifest`` into ``out_csv``;
+    returns how many rows were written.
+
+    The manifest is read ``chunk_rows`` rows at a time, only the columns the model reads
+    (``data.manifest_chunks``: Parquet in record batches, CSV in chunks), and each chunk's
+    predictions are appended to a temporary file renamed to ``out_csv`` at the end, so memory
+    stays bounded by a chunk and a killed run leaves no partial CSV. Under torchrun each chunk is
+    split across the processes and rank 0 writes. Ids repeated across chunks are not detected."""
+    from crossfuse.data import manifest_chunks
+
+    if chunk_rows < 1:
+        raise CrossfuseError(f"--chunk-rows must be at least 1. Got {chunk_rows}.")
     predictor = Predictor.load(model_dir)
     predictor.allow_outside_paths = allow_outside_paths
-    df = read_manifest(manifest)
-    result = predictor.predict_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
-                                     progress=True, distributed=True)  # under torchrun: one part per process
-    if is_main():
-        atomic_write(out_csv, result.to_csv(index=False))
-    return result
+    id_col = predictor.meta.get("id_column")
+    columns = [c for p in predictor.processors.values() for c in p.columns] + ([id_col] if id_col else [])
+    main = is_main()
+    out_csv = Path(out_csv)
+    tmp = out_csv.with_name(f".{out_csv.name}.{os.getpid()}.tmp")
+    written = 0
+    try:
+        with (open(tmp, "w", encoding="utf-8", newline="") if main else contextlib.nullcontext()) as f:
+            for chunk in manifest_chunks(manifest, columns, chunk_rows):
+                result = predictor.predict_frame(chunk, manifest.parent, str(manifest), on_bad_item, batch_size,
+                                                 num_workers, progress=True, distributed=True)
+                if main:
+                    result.to_csv(f, index=False, header=written == 0)
+                written += len(result)
+        if main:
+            os.replace(tmp, out_csv)
+    finally:
+        if main and tmp.exists():
+            tmp.unlink()
+    return written
