@@ -14,7 +14,6 @@ import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
 
 
 def launched_world(env: Optional[Mapping[str, str]] = None) -> int:
@@ -62,12 +61,10 @@ def part_of(n: int, rank: int, world: int) -> slice:
     return slice(start, start + size + (1 if rank < extra else 0))
 
 
-def split_map(rows: int, compute: Callable[[slice], Dict[str, Any]], offset_keys: Tuple[str, ...] = ()
-              ) -> Dict[str, Any]:
+def split_map(rows: int, compute: Callable[[slice], Dict[str, Any]]) -> Dict[str, Any]:
     """``compute(part)`` on this process's part of ``rows`` rows, every process's result gathered
     and joined in rank order: arrays (and (vectors, present) pairs) concatenated along the rows,
-    None where every part has None. ``offset_keys``: arrays of row positions inside the part,
-    shifted to positions in the whole. One process: ``compute(slice(0, rows))`` itself."""
+    None where every part has None. One process: ``compute(slice(0, rows))`` itself."""
     rank, world = join()
     if world == 1:
         return compute(slice(0, rows))
@@ -75,8 +72,6 @@ def split_map(rows: int, compute: Callable[[slice], Dict[str, Any]], offset_keys
 
     mine = part_of(rows, rank, world)
     result = compute(mine) if mine.stop > mine.start else None
-    if result is not None:
-        result = {k: (v + mine.start if k in offset_keys and v is not None else v) for k, v in result.items()}
     parts: List[Optional[Dict[str, Any]]] = [None] * world
     dist.all_gather_object(parts, result)
     filled = [p for p in parts if p is not None]
@@ -88,6 +83,4 @@ def _join(values: List[Any]) -> Any:
         return None
     if isinstance(values[0], tuple):
         return tuple(_join(list(column)) for column in zip(*values))
-    if isinstance(values[0], torch.Tensor):
-        return torch.cat(values)
     return np.concatenate(values)

@@ -24,8 +24,9 @@ from crossfuse.data import Collator, ManifestDataset
 from crossfuse.data.processors import Processor
 from crossfuse.data.processors.base import stack_present
 from crossfuse.encoders import is_frozen
-from crossfuse.errors import CrossfuseError
 from crossfuse.engine.placement import default_device, inference_precision
+from crossfuse.errors import CrossfuseError
+from crossfuse.layers import world_size
 from crossfuse.progress import Progress
 from crossfuse.types import Batch, CachedFeatures
 
@@ -138,7 +139,7 @@ def cache_modalities(model, processors: Mapping[str, Processor], df: pd.DataFram
         for row_id, row in zip(df.index, df[proc.columns].to_dict("records")):
             keys[int(row_id)] = None if int(row_id) in bad else proc.content_key(row, base_dir)
         extract = _extract_jpeg_on_device if on_device else _extract
-        if not split_across_ranks or _world() == 1:
+        if not split_across_ranks or world_size() == 1:
             with store.writing():  # another run filling this namespace finishes first; its vectors count
                 todo = _plan(m, keys, store, namespace)
                 if todo:
@@ -179,12 +180,6 @@ def _plan(m: str, keys: Dict[int, Optional[str]], store: EmbeddingStore, namespa
     log.info("Modality %s: %d items, %d in the cache, %d duplicates of other items, %d to extract (%s)",
              m, len(keys), cached, len(present) - cached - len(todo), len(todo), namespace)
     return todo
-
-
-def _world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def extraction_share(root: Path) -> Tuple[int, int]:

@@ -18,8 +18,8 @@ import crossfuse
 from crossfuse.config.schema import Config
 from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
 from crossfuse.engine.balance import balanced_loss, gradient_hook
-from crossfuse.engine.distributed import is_main
 from crossfuse.engine.baseline import linear_baseline
+from crossfuse.engine.distributed import is_main
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.run import (TASKS, RunContext, RunResult, RunTask, default_encoders, infer_roles,  # noqa: F401
                                   load_table, plan_problems, run_task, validate_data)

@@ -138,8 +138,7 @@ def pair_loss(out: RetrievalOutput, groups: Optional[torch.Tensor], loss: str = 
     ``global_negatives`` (training under data parallelism): every rank's rows are gathered with
     their gradients first, so each rank computes the loss of the global batch; every rank must call
     it in the same step."""
-    from crossfuse.layers import gather_rows, info_nce, sigmoid_loss
-    from crossfuse.layers.contrastive import world_size
+    from crossfuse.layers import gather_rows, info_nce, sigmoid_loss, world_size
 
     if global_negatives and world_size() > 1:
         out = RetrievalOutput({m: gather_rows(e) for m, e in out.embeddings.items()},
