@@ -13,9 +13,12 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the embedding cache of a test session lives in its own temporary directory, never in ~/.cache
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["CROSSFUSE_CACHE"] = tempfile.mkdtemp(prefix="crossfuse-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CROSSFUSE_CACHE"], ignore_errors=True)  # gone with the session
 
 CLASSES = ("cat", "dog", "fish")
 COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fish": (40, 40, 200)}
