@@ -48,6 +48,34 @@ def test_two_nodes_one_process_each_end_with_identical_weights(tmp_path):
     assert len(history) == 2
 
 
+@pytest.mark.distributed
+def test_two_nodes_at_batch_b_end_as_one_process_at_batch_2b(tmp_path):
+    """Rank r's k-th batch is the r-th stride of the k-th global batch of one (seed, epoch) order and
+    DDP averages the ranks' mean gradients, so 2 x B is the step of 1 x 2B wherever nothing is
+    computed per process: no BatchNorm (it normalises each process's batch) and no dropout (each
+    process draws its own masks). Equal up to float summation order."""
+    manifest = make_items(tmp_path / "data", n=48)  # 24 training items: 3 steps of 8 per epoch
+
+    def config(run, batch_size):
+        raw = tiny_config(manifest, tmp_path / run, epochs=3, accelerator="cpu", devices=1, strategy="ddp",
+                          batch_size=batch_size)
+        del raw["modalities"]["image"]  # small_cnn has BatchNorm
+        return raw
+
+    for name, nodes, batch in (("two", 2, 4), ("one", 1, 8)):
+        (tmp_path / name).mkdir()
+        launch(config(f"run-{name}", batch), tmp_path / name, nodes=nodes, per_node=1)
+    one = load_file(str(tmp_path / "one" / "rank0.safetensors"))
+    two = load_file(str(tmp_path / "two" / "rank0.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), (k, (one[k] - two[k]).abs().max())
+    history = {n: json.loads((tmp_path / f"run-{n}" / "history.json").read_text()) for n in ("one", "two")}
+    assert [h["train_loss"] for h in history["two"]] == pytest.approx([h["train_loss"] for h in history["one"]],
+                                                                       rel=1e-4)
+    assert history["one"][0]["train_loss"] != pytest.approx(history["one"][-1]["train_loss"], rel=1e-3)  # it trained
+
+
 def shard_keys(namespace_dir: Path) -> dict:
     """content key -> the writer process ids (a shard's name starts with its writer's pid)."""
     writers: dict = {}

@@ -240,8 +240,11 @@ def cmd_evaluate(args) -> int:
     options = {k: getattr(args, k) for k in ("on_bad_item", "batch_size", "num_workers", "robustness",
                                              "group_column", "allow_outside_paths")}
     m = task_for_model(args.model).evaluate_saved(args.model, args.manifest, out, options)
-    print((out / "summary.md").read_text())
-    print(f"report: {out}")
+    from crossfuse.engine.distributed import is_main
+
+    if is_main():  # under torchrun rank 0 wrote the report
+        print((out / "summary.md").read_text())
+        print(f"report: {out}")
     return 0 if m else 1
 
 

@@ -64,23 +64,68 @@ def part_of(n: int, rank: int, world: int) -> slice:
 def split_map(rows: int, compute: Callable[[slice], Dict[str, Any]]) -> Dict[str, Any]:
     """``compute(part)`` on this process's part of ``rows`` rows, every process's result gathered
     and joined in rank order: arrays (and (vectors, present) pairs) concatenated along the rows,
-    None where every part has None. One process: ``compute(slice(0, rows))`` itself."""
+    None where every part has None. One process: ``compute(slice(0, rows))`` itself.
+
+    A part that fails fails every process (``together``), so none waits for the others forever."""
     rank, world = join()
     if world == 1:
         return compute(slice(0, rows))
+    mine = part_of(rows, rank, world)
+    result = together(lambda: compute(mine) if mine.stop > mine.start else None)
+    return gather_rows(result)
+
+
+def together(work: Callable[[], Any]) -> Any:
+    """``work()`` in every process a launcher started, succeeding or failing in all of them: bad data
+    found by any process raises one DataError with every process's problems, in rank order (their
+    parts are in row order); another failure is re-raised where it happened and named in the rest.
+    One process: ``work()`` itself."""
+    rank, world = join()
+    if world == 1:
+        return work()
     import torch.distributed as dist
 
-    mine = part_of(rows, rank, world)
-    result = compute(mine) if mine.stop > mine.start else None
-    parts: List[Optional[Dict[str, Any]]] = [None] * world
-    dist.all_gather_object(parts, result)
-    filled = [p for p in parts if p is not None]
-    return {k: _join([p[k] for p in filled]) for k in filled[0]}
+    from crossfuse.errors import CrossfuseError, DataError
+
+    try:
+        value, failure = work(), None
+    except DataError as exc:
+        value, failure, error = None, ("data", exc.problems), exc
+    except Exception as exc:  # noqa: BLE001 - every process must hear of it before anyone raises
+        value, failure, error = None, ("error", f"{type(exc).__name__}: {exc}"), exc
+    failures: List[Any] = [None] * world
+    dist.all_gather_object(failures, failure)
+    problems = [p for f in failures if f is not None and f[0] == "data" for p in f[1]]
+    if problems and all(f is None or f[0] == "data" for f in failures):
+        raise DataError(problems)
+    if failure is not None:
+        raise error
+    for r, f in enumerate(failures):
+        if f is not None:
+            raise CrossfuseError(f"process {r} of {world} failed: {f[1]}")
+    return value
+
+
+def gather_rows(value: Any) -> Any:
+    """This process's rows joined with every other process's, in rank order: arrays concatenated
+    along the rows, through tuples and dicts; a process with no rows gives None. One process:
+    ``value`` itself. Every process must call it, in the same order."""
+    rank, world = join()
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    parts: List[Any] = [None] * world
+    dist.all_gather_object(parts, value)
+    return _join([p for p in parts if p is not None])
 
 
 def _join(values: List[Any]) -> Any:
-    if all(v is None for v in values):
+    if not values or all(v is None for v in values):
         return None
+    values = [v for v in values if v is not None]
+    if isinstance(values[0], dict):
+        return {k: _join([v[k] for v in values]) for k in values[0]}
     if isinstance(values[0], tuple):
         return tuple(_join(list(column)) for column in zip(*values))
     return np.concatenate(values)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,12 +42,14 @@ def _score(logits: torch.Tensor, target_class: Optional[torch.Tensor]) -> torch.
 
 
 @torch.inference_mode()
-def modality_shapley(model, loader: DataLoader, device, max_modalities: int = 8) -> Dict[str, Any]:
+def modality_shapley(model, loader: DataLoader, device, max_modalities: int = 8,
+                     gather: Optional[Callable[[Any], Any]] = None) -> Dict[str, Any]:
     """Exact Shapley values of each modality for each item's prediction.
 
     The players are the modalities an item has; a coalition's value is the model's output with
     only that coalition present in the mask. 2^n fusion passes per batch (encoders run once).
-    Returns per-item values (n_items, n_modalities) and their means.
+    Returns per-item values (n_items, n_modalities) and their means. ``gather`` joins the per-item
+    values of every process's rows (engine.distributed.gather_rows) before the means.
     """
     mods = list(model.fusion.modalities)
     n = len(mods)
@@ -75,55 +77,85 @@ def modality_shapley(model, loader: DataLoader, device, max_modalities: int = 8)
                 phi[:, i] += weights[sum(subset)] * (values[with_i] - v)
         rows.append(phi.cpu())
         index.append(batch.index.cpu())
-    phi = torch.cat(rows).numpy()
+    phi, index = (torch.cat(rows).numpy(), torch.cat(index).numpy()) if rows else (np.zeros((0, n)), np.zeros(0, int))
+    if gather is not None:
+        phi, index = gather((phi, index))
     share = np.abs(phi).mean(0) / max(np.abs(phi).mean(0).sum(), 1e-12)
-    return {"modalities": mods, "per_item": phi, "index": torch.cat(index).numpy(),
+    return {"modalities": mods, "per_item": phi, "index": index,
             "mean": dict(zip(mods, phi.mean(0).tolist())), "mean_abs_share": dict(zip(mods, share.tolist()))}
 
 
 @torch.inference_mode()
 def robustness_outputs(model, loader: DataLoader, device, processors: Mapping[str, Any],
-                       seed: int = 0) -> Dict[str, Dict[str, Any]]:
+                       seed: int = 0, gather: Optional[Callable[[Any], Any]] = None) -> Dict[str, Dict[str, Any]]:
     """Logits under every condition: clean, each modality removed, each kept alone, and each
     modality corrupted at each strength its processor lists; a model that imagines absent
     modalities (missing.imagine) is also scored leaving them out (``removed_plain``, ``only_plain``).
-    Returns condition -> outputs."""
+    Returns condition -> outputs; ``gather`` joins every process's rows (engine.distributed)."""
     mods = list(model.fusion.modalities)
-    imagines = getattr(model, "imagination", None) is not None
+    conditions = robustness_conditions(mods, processors, imagines=getattr(model, "imagination", None) is not None)
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    out: Dict[str, List[torch.Tensor]] = {}
-    meta: Dict[str, Dict[str, Any]] = {}
+    rows = getattr(loader.dataset, "rows", None)  # the items' manifest rows seed their corruption
+    out: Dict[str, List[torch.Tensor]] = {k: [] for k in conditions}
     targets = []
-
-    def add(key: str, logits: torch.Tensor, **info):
-        out.setdefault(key, []).append(logits.float().cpu())
-        meta.setdefault(key, info)
-
     for batch in loader:
         batch: Batch = batch.to(device)
         targets.append(batch.target.cpu())
+        items = batch.index.cpu().numpy()
+        items = items if rows is None else np.asarray(rows)[items]
         enc = model.encode(batch)
-        add("clean", model.fuse(enc, batch.mask).logits, kind="clean")
-        for m in mods:
-            removed = {k: v if k != m else torch.zeros_like(v, dtype=torch.bool) for k, v in batch.mask.items()}
-            add(f"removed:{m}", model.fuse(enc, removed).logits, kind="removed", modality=m)
-            alone = {k: v if k == m else torch.zeros_like(v, dtype=torch.bool) for k, v in batch.mask.items()}
-            add(f"only:{m}", model.fuse(enc, alone).logits, kind="only", modality=m)
-            if imagines:  # the same model leaving the absent modalities out instead
-                add(f"removed_plain:{m}", model.fuse(enc, removed, imagine=False).logits, kind="removed", modality=m)
-                add(f"only_plain:{m}", model.fuse(enc, alone, imagine=False).logits, kind="only", modality=m)
-        for m in mods:
-            proc = processors[m]
-            for name, strengths in proc.corruptions.items():
-                for s in strengths:
-                    inputs = dict(batch.inputs)
-                    inputs[m] = proc.corrupt(batch.inputs[m], name, s, generator)
-                    corrupted = Batch(inputs, batch.mask, batch.target, batch.index)
-                    add(f"corrupt:{m}:{name}:{s}", model(corrupted).logits, kind="corrupted", modality=m,
-                        corruption=name, strength=s)
-    y = torch.cat(targets).numpy()
-    return {k: {**meta[k], "logits": torch.cat(v).numpy(), "targets": y} for k, v in out.items()}
+        for number, (key, c) in enumerate(conditions.items()):
+            m = c.get("modality")
+            if c["kind"] == "corrupted":
+                inputs = dict(batch.inputs)
+                inputs[m] = corrupt_items(processors[m], batch.inputs[m], c["corruption"], c["strength"],
+                                          [(seed, number, int(r)) for r in items])
+                logits = model(Batch(inputs, batch.mask, batch.target, batch.index)).logits
+            else:
+                keep = (lambda k: True) if c["kind"] == "clean" else \
+                    (lambda k: k != m) if c["kind"] == "removed" else (lambda k: k == m)
+                mask = {k: v if keep(k) else torch.zeros_like(v, dtype=torch.bool) for k, v in batch.mask.items()}
+                kwargs = {"imagine": False} if key.split(":")[0].endswith("_plain") else {}
+                logits = model.fuse(enc, mask, **kwargs).logits
+            out[key].append(logits.float().cpu())
+    outputs = ({k: torch.cat(v).numpy() for k, v in out.items()}, torch.cat(targets).numpy()) if targets else None
+    if gather is not None:  # a process without rows sends None
+        outputs = gather(outputs)
+    logits, y = outputs
+    return {k: {**c, "logits": logits[k], "targets": y} for k, c in conditions.items()}
+
+
+def corrupt_items(processor, inputs: Any, name: str, strength: float, seeds: Sequence[Sequence[int]]) -> Any:
+    """``processor.corrupt`` item by item, each with a generator of its own seeded by ``seeds[i]``
+    (the seed, the condition, the item's manifest row): an item's corruption does not depend on
+    the batch it is in, the batch size or the number of processes evaluating."""
+    def item(x, i):
+        return {k: v[i:i + 1] for k, v in x.items()} if isinstance(x, dict) else x[i:i + 1]
+
+    parts = [processor.corrupt(item(inputs, i), name, strength,
+                               torch.Generator().manual_seed(int(np.random.SeedSequence(list(s)).generate_state(1)[0])))
+             for i, s in enumerate(seeds)]
+    if isinstance(inputs, dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in inputs}
+    return torch.cat(parts)
+
+
+def robustness_conditions(mods: Sequence[str], processors: Mapping[str, Any], imagines: bool
+                          ) -> Dict[str, Dict[str, Any]]:
+    """robustness_outputs' conditions, in order: key -> kind, modality, corruption and strength."""
+    conditions: Dict[str, Dict[str, Any]] = {"clean": {"kind": "clean"}}
+    for m in mods:
+        conditions[f"removed:{m}"] = {"kind": "removed", "modality": m}
+        conditions[f"only:{m}"] = {"kind": "only", "modality": m}
+        if imagines:  # the same model leaving the absent modalities out instead
+            conditions[f"removed_plain:{m}"] = {"kind": "removed", "modality": m}
+            conditions[f"only_plain:{m}"] = {"kind": "only", "modality": m}
+    for m in mods:
+        for name, strengths in processors[m].corruptions.items():
+            for s in strengths:
+                conditions[f"corrupt:{m}:{name}:{s}"] = {"kind": "corrupted", "modality": m, "corruption": name,
+                                                        "strength": s}
+    return conditions
 
 
 def attribution_table(shapley: Dict[str, Any], removal: Dict[str, float], baseline: float,

@@ -203,7 +203,7 @@ def read_and_evaluate(model_dir: Path, manifest: Path, out_dir: Optional[Path], 
     predictor.allow_outside_paths = allow_outside_paths
     df = read_manifest(manifest)
     return predictor.evaluate_frame(df, manifest.parent, str(manifest), on_bad_item, batch_size, num_workers,
-                                    out_dir=out_dir, progress=True, robustness=robustness,
+                                    out_dir=out_dir, progress=True, robustness=robustness, distributed=True,
                                     extra={"model": str(model_dir), "manifest": str(manifest)})
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from crossfuse.data import Collator, ManifestDataset, usable_rows
 from crossfuse.data.anonymize import anonymize_inputs, model_settings
-from crossfuse.engine.distributed import is_main, split_map
+from crossfuse.engine.distributed import gather_rows, is_main, join, part_of, split_map, together
 from crossfuse.engine.extract import cache_root, with_cache
 from crossfuse.engine.inference import collect_outputs, default_device, softmax
 from crossfuse.engine.missing import modality_shapley, robustness_outputs
@@ -142,16 +142,29 @@ class Predictor:
                        on_bad_item: str = "error", batch_size: int = 64, num_workers: int = 0,
                        out_dir: Optional[Path] = None, progress: bool = False, title: str = "crossfuse evaluation",
                        history=None, monitor=None, extra=None, attribution: bool = True,
-                       robustness: bool = False, check_files: bool = True, known_missing=()) -> Dict[str, Any]:
+                       robustness: bool = False, check_files: bool = True, known_missing=(),
+                       distributed: bool = False) -> Dict[str, Any]:
         """Metrics on labelled rows; with ``attribution`` each modality's Shapley contribution, with
-        ``robustness`` the metric with each modality removed or corrupted at rising strength."""
-        kept, missing = self.prepare(df, base_dir, file, with_target=True, on_bad_item=on_bad_item,
-                                     open_files=check_files)
+        ``robustness`` the metric with each modality removed or corrupted at rising strength.
+        ``distributed``: every process a launcher started calls this together; each checks and runs
+        its part of the rows, the per-item outputs are gathered before any metric, every process
+        returns the same metrics and rank 0 alone writes the report."""
+        def check(rows: slice):
+            return self.prepare(df.iloc[rows], base_dir, file, with_target=True, on_bad_item=on_bad_item,
+                                open_files=check_files)
+
+        if distributed:  # a process group of its own (training's final evaluation runs whole on each rank)
+            gather = gather_rows
+            kept, missing = together(lambda: check(part_of(len(df), *join())))
+        else:
+            gather = lambda value: value  # noqa: E731
+            kept, missing = check(slice(0, len(df)))
         missing = set(missing) | set(known_missing)  # bad cells already found by the caller
         # corruptions need the raw inputs, so robustness runs the encoders instead of the cache
         loader = self.loader(kept, base_dir, missing, True, batch_size, num_workers, use_cache=not robustness)
         self.model.to(self.device)
-        out = collect_outputs(self.model, loader, self.device, progress=progress)
+        progress = progress and is_main()
+        out = gather(collect_outputs(self.model, loader, self.device, progress=progress))
         metrics = self.task.metrics(out["logits"], out["targets"])
         temperature = self.temperature
         if self.task.kind == "classification" and temperature != 1.0 and len(out["targets"]):
@@ -169,21 +182,23 @@ class Predictor:
                 metrics["mean_weight_when_imagined"] = {m: float(w[im[:, j], j].mean()) if im[:, j].any() else None
                                                         for j, m in enumerate(mods)}
         if attribution and len(mods) > 1 and len(mods) <= 8:
-            shap = modality_shapley(self.model, loader, self.device)
+            shap = modality_shapley(self.model, loader, self.device, gather=gather)
             metrics["attribution"] = {"shapley_mean": shap["mean"], "shapley_share": shap["mean_abs_share"],
                                       "explains": "probability of the predicted class" if
                                       self.task.kind == "classification" else "standardised prediction"}
         name = "accuracy" if self.task.kind == "classification" else "rmse"
-        shift = shift_report(self.model, loader, self.device, self.task.metrics, name) if len(kept) else None
+        shift = shift_report(self.model, loader, self.device, self.task.metrics, name, gather=gather) \
+            if out["targets"] is not None and len(out["targets"]) else None
         if shift is not None:
             metrics["shift"] = shift
+        write = out_dir is not None and is_main()
         if robustness:
-            metrics["robustness"], curves = self._robustness(loader)
-            if out_dir is not None:
+            metrics["robustness"], curves = self._robustness(loader, gather)
+            if write:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
                 r = metrics["robustness"]
                 plot_robustness(curves, r["clean"], Path(out_dir) / "robustness.png", r["metric"], r["removed"])
-        if out_dir is not None:
+        if write:
             write_report(Path(out_dir), metrics, self.task.labels, history=history, monitor=monitor, title=title,
                          extra=extra)
         return metrics
@@ -193,9 +208,9 @@ class Predictor:
         trust = getattr(self.model, "trust", None)
         return 1.0 if trust is None else float(trust.temperature)
 
-    def _robustness(self, loader: DataLoader):
+    def _robustness(self, loader: DataLoader, gather=None):
         name = "accuracy" if self.task.kind == "classification" else "rmse"
-        results = robustness_outputs(self.model, loader, self.device, self.processors)
+        results = robustness_outputs(self.model, loader, self.device, self.processors, gather=gather)
         score = {k: self.task.metrics(v["logits"], v["targets"])[name] for k, v in results.items()}
         curves: Dict[str, list] = {}
         corrupted = []

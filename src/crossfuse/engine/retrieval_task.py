@@ -164,7 +164,7 @@ class RetrievalTask(RunTask):
         df, base_dir, file = load_table(Config(data=DataConfig(manifest=str(manifest))))
         return retriever.evaluate_frame(df, base_dir, file, group_column=options.get("group_column"), out_dir=out_dir,
                                         batch_size=options["batch_size"], num_workers=options["num_workers"],
-                                        on_bad_item=options["on_bad_item"], progress=True,
+                                        on_bad_item=options["on_bad_item"], progress=True, distributed=True,
                                         extra={"model": str(model_dir), "manifest": str(manifest)})
 
 

@@ -159,25 +159,35 @@ class Retriever:
                        group_column: Optional[str] = None, out_dir: Optional[Path] = None, batch_size: int = 64,
                        num_workers: int = 0, on_bad_item: str = "missing", history=None,
                        extra: Optional[Dict[str, Any]] = None, progress: bool = False, known_missing=(),
-                       check_files: bool = True) -> Dict[str, Any]:
+                       check_files: bool = True, distributed: bool = False) -> Dict[str, Any]:
         """Recall@1/5/10, median/mean rank and mAP for every modality pair, both directions.
 
         With ``on_bad_item="missing"`` a row with an empty or bad cell still counts in the
-        directions between its other modalities."""
+        directions between its other modalities. ``distributed``: every process a launcher started
+        calls this together; each checks and embeds its part of the rows, every process returns the
+        same metrics and rank 0 alone writes the report."""
         group_column = group_column or self.meta.get("group_column")
-        kept, missing = usable_rows(df, self.processors, file, base_dir, on_bad_item, task="retrieval",
+
+        def check(rows: slice) -> Dict[str, np.ndarray]:
+            kept, bad = usable_rows(df.iloc[rows], self.processors, file, base_dir, on_bad_item, task="retrieval",
                                     open_files=check_files, allow_outside=self.allow_outside_paths)
-        missing = missing | set(known_missing)
+            bad = sorted(bad)
+            return {"kept": df.index.get_indexer(kept.index), "bad_rows": np.array([r for r, _ in bad], dtype=np.int64),
+                    "bad_modalities": np.array([m for _, m in bad], dtype=object)}
+
+        checked = split_map(len(df), check) if distributed else check(slice(0, len(df)))
+        kept = df.iloc[checked["kept"]]
+        missing = set(zip(checked["bad_rows"].tolist(), checked["bad_modalities"].tolist())) | set(known_missing)
         groups = _group_codes(kept, group_column)
         emb = self.embed_frame(kept, base_dir, missing=missing, batch_size=batch_size, num_workers=num_workers,
-                               progress=progress)
+                               progress=progress, distributed=distributed)
         mods = self.modalities
         pairs = [(a, b) for i, a in enumerate(mods) for b in mods[i + 1:]]
         per_direction = direction_metrics(emb, groups, pairs)
         pair = self.meta.get("monitor_pair") or mods[:2]
         metrics = {"directions": per_direction, MONITOR: recall_mean(per_direction, pair),
                    "monitor_pair": list(pair), "n": int(len(kept))}
-        if out_dir is not None:
+        if out_dir is not None and is_main():
             write_retrieval_report(Path(out_dir), metrics, history, extra)
             self._results_grid(kept, base_dir, emb, groups, pair, Path(out_dir) / "search_examples.png")
         return metrics

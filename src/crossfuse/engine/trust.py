@@ -112,10 +112,11 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def shift_outputs(model, loader: DataLoader, device) -> Dict[str, Any]:
+def shift_outputs(model, loader: DataLoader, device, gather=None) -> Dict[str, Any]:
     """One encoder pass, outputs under every condition the shift report compares: ``plain`` (no
     trust gate), ``trust`` (untrusted modalities removed) and ``removed:m`` (m removed for every
-    item, no gate); plus each item's trust and OOD score per modality and its presence mask."""
+    item, no gate); plus each item's trust and OOD score per modality and its presence mask.
+    ``gather`` joins every process's rows (engine.distributed.gather_rows)."""
     trust = model.trust
     mods = list(model.fusion.modalities)
     model.eval()
@@ -135,18 +136,22 @@ def shift_outputs(model, loader: DataLoader, device) -> Dict[str, Any]:
         masks.append(torch.stack([batch.mask[m].bool().cpu() for m in mods], 1))
         targets.append(batch.target.cpu())
     cat = lambda xs: torch.cat(xs).numpy()  # noqa: E731
-    return {"modalities": mods, "logits": {k: cat(v) for k, v in logits.items()}, "trust": cat(trusts),
-            "score": cat(scores), "mask": cat(masks), "targets": cat(targets)}
+    rows = {"logits": {k: cat(v) for k, v in logits.items()}, "trust": cat(trusts), "score": cat(scores),
+            "mask": cat(masks), "targets": cat(targets)} if targets else None
+    if gather is not None:  # a process without rows sends None
+        rows = gather(rows)
+    return {"modalities": mods, **rows}
 
 
-def shift_report(model, loader: DataLoader, device, metric_fn, metric: str) -> Optional[Dict[str, Any]]:
+def shift_report(model, loader: DataLoader, device, metric_fn, metric: str, gather=None
+                 ) -> Optional[Dict[str, Any]]:
     """Per modality: its trust and OOD score on these items against the training data, the share
     flagged (trust below alpha), and the ``metric`` of the plain model, the trust-aware model and
     the model with that modality removed. None when the model has no fitted statistics."""
     trust = getattr(model, "trust", None)
     if trust is None or not len(trust.stats):
         return None
-    out = shift_outputs(model, loader, device)
+    out = shift_outputs(model, loader, device, gather)
     y = out["targets"]
     value = {k: float(metric_fn(v, y)[metric]) for k, v in out["logits"].items()}
     rows = {}
