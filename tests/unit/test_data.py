@@ -22,6 +22,25 @@ def test_manifest_formats_read_alike(tmp_path, name):
     assert len(df) == 6 and df["x"].dtype.kind == "f"
 
 
+@pytest.mark.parametrize("name", ["m.csv", "m.jsonl", "m.parquet"])
+def test_a_run_reads_only_the_columns_its_config_names(tmp_path, name):
+    from crossfuse.engine.run import load_table
+
+    manifest = make_items(tmp_path, n=6, name=name)
+    named = parse_config(tiny_config(manifest, tmp_path / "run"))
+    df, _, _ = load_table(named)  # caption, image, x, size, id, label: the config's; never an unused one
+    assert sorted(df.columns) == ["caption", "id", "image", "label", "size", "x"]
+    del named.modalities["tabular"]
+    assert sorted(load_table(named)[0].columns) == ["caption", "id", "image", "label"]
+    inferred = parse_config({"data": {"manifest": str(manifest)}})  # roles come from every column
+    assert sorted(load_table(inferred)[0].columns) == ["caption", "id", "image", "label", "size", "x"]
+    # none of the named columns in the file: read whole, so the column check names what is missing
+    assert len(read_manifest(manifest, ["nope"]).columns) == 6
+    with pytest.raises(DataError, match="nope"):
+        train(parse_config({**tiny_config(manifest, tmp_path / "run"),
+                            "modalities": {"t": {"kind": "text", "columns": ["nope"]}}}), save=False)
+
+
 def test_manifest_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="nope.csv: manifest file not found"):
         read_manifest(tmp_path / "nope.csv")

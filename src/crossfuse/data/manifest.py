@@ -14,8 +14,10 @@ SPLIT_LIKE = {"split", "fold", "folds", "kfold", "cv_fold", "partition", "subset
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest by its extension; every failure names the file."""
+def read_manifest(path: str | Path, columns: Optional[List[str]] = None) -> pd.DataFrame:
+    """Read a manifest by its extension; every failure names the file. ``columns``: only these are
+    read (Parquet and CSV never load the others; those the file lacks are left out, for the caller's
+    checks to name)."""
     path = Path(path)
     if not path.is_file():
         raise DataError([Problem(str(path), "manifest file not found")])
@@ -24,14 +26,20 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         _check_utf8(path)
     try:
         if suffix in (".csv", ".tsv"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
-            _delimiter_hint(df, path, suffix)
+            sep = "\t" if suffix == ".tsv" else ","
+            usecols = None if columns is None else (lambda c, wanted=set(columns): c in wanted)
+            df = pd.read_csv(path, sep=sep, keep_default_na=True, usecols=usecols)
+            _delimiter_hint(df if columns is None else pd.read_csv(path, sep=sep, nrows=0), path, suffix)
         elif suffix in (".jsonl", ".ndjson"):
             df = _read_jsonl(path)
         elif suffix == ".json":
             df = pd.read_json(path)
         elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+            wanted = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+            df = pq.read_table(path, columns=wanted).to_pandas()
         else:
             raise DataError([Problem(str(path), f"unsupported manifest format '{suffix}'; use .csv, .tsv, "
                                                 ".jsonl or .parquet")])
@@ -39,6 +47,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise
     except Exception as exc:  # pandas/pyarrow parse errors carry the line; keep their text
         raise DataError([Problem(str(path), f"cannot be parsed: {exc}")]) from exc
+    if columns is not None and suffix in (".jsonl", ".ndjson", ".json"):
+        df = df[[c for c in df.columns if c in set(columns)]]
+    if columns is not None and df.shape[1] == 0:  # none of them: read it all, so the checks name them
+        return read_manifest(path)
     if len(df) == 0:
         raise DataError([Problem(str(path), "manifest has no rows")])
     return df.reset_index(drop=True)

@@ -370,7 +370,18 @@ def load_table(cfg: Config) -> Tuple[pd.DataFrame, Path, str]:
             raise ConfigError(f"'data.manifest' is a directory ({path}) but not a Flickr dataset folder; "
                               "give a CSV, JSONL or Parquet manifest")
         return read_flickr(path), path, str(path)
-    return read_manifest(path), path.parent, str(path)
+    return read_manifest(path, named_columns(cfg)), path.parent, str(path)
+
+
+def named_columns(cfg: Config) -> Optional[List[str]]:
+    """The manifest columns a config reads: its modalities', the target, id, split and group
+    columns; None when the modalities are to be inferred from every column. A manifest's other
+    columns are never loaded (a Parquet file with wide unused columns costs only what is used)."""
+    if not cfg.modalities:
+        return None
+    d = cfg.data
+    return [c for mc in cfg.modalities.values() for c in mc.columns] + \
+        [c for c in (d.target, d.id_column, d.split.column, cfg.retrieval.group_column) if c]
 
 
 def anonymize_run(cfg: Config, df: pd.DataFrame, progress: bool = True):
