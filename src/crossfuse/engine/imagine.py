@@ -21,6 +21,7 @@ import torch
 from crossfuse.atomic import atomic_directory
 from crossfuse.data import read_manifest
 from crossfuse.data.processors.image import open_image
+from crossfuse.engine.inference import kept
 from crossfuse.engine.predictor import Predictor
 from crossfuse.engine.retriever import display_value
 from crossfuse.errors import CrossfuseError
@@ -53,9 +54,9 @@ def modality_vectors(predictor: Predictor, df: pd.DataFrame, base_dir: Path, mod
             vec, ok = filled[modality], imagined[modality]
         else:
             vec, ok = features[modality], batch.mask[modality].bool()
-        vectors.append(imagination.stats[modality].standardise(vec.float()).cpu())
-        have.append(ok.cpu())
-        index.append(batch.index.cpu())
+        vectors.append(kept(imagination.stats[modality].standardise(vec.float())))
+        have.append(kept(ok))
+        index.append(kept(batch.index))
     order = torch.cat(index).argsort()
     return {"vectors": torch.cat(vectors)[order].numpy(), "have": torch.cat(have)[order].numpy()}
 

@@ -13,6 +13,14 @@ from crossfuse.progress import Progress
 from crossfuse.types import Batch
 
 
+def kept(x: torch.Tensor) -> torch.Tensor:
+    """A fresh CPU copy of ``x`` for a list that outlives its batch. A pass's small outputs are
+    allocated among the batch's large temporaries; on glibc's heap each one kept as it is pins the
+    freed memory around it (a 20,000-item pass over 64 px images grew the process by 0.9 GB and
+    never gave it back), where a copy made after the pass lands in a small free chunk."""
+    return x.detach().to("cpu", copy=True)
+
+
 @torch.inference_mode()
 def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.device, autocast=None,
                     progress: bool = False, desc: str = "predict") -> Dict[str, Optional[np.ndarray]]:
@@ -27,19 +35,19 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
         batch: Batch = batch.to(device)
         with autocast or nullcontext():
             out = model(batch)
-        logits.append(out.logits.float().cpu())
+        logits.append(kept(out.logits.float()))
         if out.weights is not None:
-            weights.append(out.weights.float().cpu())
+            weights.append(kept(out.weights.float()))
         if batch.target is not None:
-            targets.append(batch.target.cpu())
-        index.append(batch.index.cpu())
-        masks.append(torch.stack([batch.mask[m].cpu() for m in sorted(batch.mask)], 1))
+            targets.append(kept(batch.target))
+        index.append(kept(batch.index))
+        masks.append(kept(torch.stack([batch.mask[m] for m in sorted(batch.mask)], 1)))
         effective = getattr(out, "mask", None) or batch.mask
-        used.append(torch.stack([effective[m].bool().cpu() for m in sorted(effective)], 1))
+        used.append(kept(torch.stack([effective[m].bool() for m in sorted(effective)], 1)))
         if getattr(out, "trust", None) is not None:
-            trust.append(out.trust.float().cpu())
+            trust.append(kept(out.trust.float()))
         if getattr(out, "imagined", None) is not None:
-            imagined.append(torch.stack([out.imagined[m].bool().cpu() for m in sorted(out.imagined)], 1))
+            imagined.append(kept(torch.stack([out.imagined[m].bool() for m in sorted(out.imagined)], 1)))
     if was_training:
         model.train()
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from crossfuse.engine.inference import kept
 from crossfuse.types import Batch
 
 
@@ -75,8 +76,8 @@ def modality_shapley(model, loader: DataLoader, device, max_modalities: int = 8,
                     continue
                 with_i = subset[:i] + (True,) + subset[i + 1:]
                 phi[:, i] += weights[sum(subset)] * (values[with_i] - v)
-        rows.append(phi.cpu())
-        index.append(batch.index.cpu())
+        rows.append(kept(phi))
+        index.append(kept(batch.index))
     phi, index = (torch.cat(rows).numpy(), torch.cat(index).numpy()) if rows else (np.zeros((0, n)), np.zeros(0, int))
     if gather is not None:
         phi, index = gather((phi, index))
@@ -100,7 +101,7 @@ def robustness_outputs(model, loader: DataLoader, device, processors: Mapping[st
     targets = []
     for batch in loader:
         batch: Batch = batch.to(device)
-        targets.append(batch.target.cpu())
+        targets.append(kept(batch.target))
         items = batch.index.cpu().numpy()
         items = items if rows is None else np.asarray(rows)[items]
         enc = model.encode(batch)
@@ -117,7 +118,7 @@ def robustness_outputs(model, loader: DataLoader, device, processors: Mapping[st
                 mask = {k: v if keep(k) else torch.zeros_like(v, dtype=torch.bool) for k, v in batch.mask.items()}
                 kwargs = {"imagine": False} if key.split(":")[0].endswith("_plain") else {}
                 logits = model.fuse(enc, mask, **kwargs).logits
-            out[key].append(logits.float().cpu())
+            out[key].append(kept(logits.float()))
     outputs = ({k: torch.cat(v).numpy() for k, v in out.items()}, torch.cat(targets).numpy()) if targets else None
     if gather is not None:  # a process without rows sends None
         outputs = gather(outputs)

@@ -127,7 +127,8 @@ class FusionTask(RunTask):
         validation score at its best epoch beside it."""
         cfg, loaders = ctx.cfg, {}
         for name, split in (("train", "train"), ("val", "val"), ("test", part)):
-            rows = sample_rows(ctx.splits[split], cfg.train.seed)  # at most 20,000 items per part
+            # at most 20,000 items per part, in random order: wide raw inputs stop earlier (MAX_VALUES)
+            rows = sample_rows(ctx.splits[split], cfg.train.seed).sample(frac=1.0, random_state=cfg.train.seed)
             loaders[name] = DataLoader(ctx.dataset(rows, self.targets(ctx, rows), False), batch_size=cfg.train.batch_size,
                                        collate_fn=self.collator(ctx)) if len(rows) else None
         report = linear_baseline(model, ctx.processors, self.spec, loaders, cfg.train.seed)

@@ -10,6 +10,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from crossfuse.atomic import atomic_write
+from crossfuse.engine.inference import kept
 from crossfuse.metrics import plot_training_curves, retrieval_metrics
 from crossfuse.progress import Progress
 
@@ -63,8 +64,8 @@ def collect_embeddings(model, loader: DataLoader, device, modalities: Sequence[s
         if each is not None:
             each(out, batch)
         for m in modalities:
-            vecs[m].append(out.embeddings[m].float().cpu().numpy())
-            masks[m].append(out.mask[m].cpu().numpy())
+            vecs[m].append(kept(out.embeddings[m].float()).numpy())
+            masks[m].append(kept(out.mask[m]).numpy())
     return {m: (np.concatenate(vecs[m]), np.concatenate(masks[m]).astype(bool)) for m in modalities}
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossfuse.config.schema import TrustConfig
-from crossfuse.engine.inference import collect_outputs, softmax
+from crossfuse.engine.inference import collect_outputs, kept, softmax
 from crossfuse.metrics import calibration
 from crossfuse.models.trust import Trust
 from crossfuse.types import Batch
@@ -43,10 +43,10 @@ def collect_features(model, loader: DataLoader, device) -> Tuple[Dict[str, np.nd
         batch: Batch = batch.to(device)
         features = model.encode(batch).features
         for m, x in features.items():
-            feats.setdefault(m, []).append(x.float().cpu())
-            masks.setdefault(m, []).append(batch.mask[m].bool().cpu())
+            feats.setdefault(m, []).append(kept(x.float()))
+            masks.setdefault(m, []).append(kept(batch.mask[m].bool()))
         if batch.target is not None:
-            targets.append(batch.target.cpu())
+            targets.append(kept(batch.target))
     model.train(was_training)
     cat = {m: torch.cat(v).numpy() for m, v in feats.items()}
     return cat, {m: torch.cat(v).numpy() for m, v in masks.items()}, torch.cat(targets).numpy() if targets else None
@@ -125,16 +125,16 @@ def shift_outputs(model, loader: DataLoader, device, gather=None) -> Dict[str, A
     for batch in loader:
         batch: Batch = batch.to(device)
         enc = model.encode(batch)
-        logits.setdefault("plain", []).append(model.fuse(enc, batch.mask, gate=False).logits.float().cpu())
-        logits.setdefault("trust", []).append(model.fuse(enc, batch.mask, gate=True).logits.float().cpu())
+        logits.setdefault("plain", []).append(kept(model.fuse(enc, batch.mask, gate=False).logits.float()))
+        logits.setdefault("trust", []).append(kept(model.fuse(enc, batch.mask, gate=True).logits.float()))
         for m in mods:
             removed = {k: v.bool() & (k != m) for k, v in batch.mask.items()}
-            logits.setdefault(f"removed:{m}", []).append(model.fuse(enc, removed, gate=False).logits.float().cpu())
-        trusts.append(enc.trust.float().cpu())
-        scores.append(torch.stack([trust.stats[m].score(enc.features[m]) if m in trust.stats
-                                   else torch.zeros(len(batch), device=device) for m in mods], 1).float().cpu())
-        masks.append(torch.stack([batch.mask[m].bool().cpu() for m in mods], 1))
-        targets.append(batch.target.cpu())
+            logits.setdefault(f"removed:{m}", []).append(kept(model.fuse(enc, removed, gate=False).logits.float()))
+        trusts.append(kept(enc.trust.float()))
+        scores.append(kept(torch.stack([trust.stats[m].score(enc.features[m]) if m in trust.stats
+                                        else torch.zeros(len(batch), device=device) for m in mods], 1).float()))
+        masks.append(kept(torch.stack([batch.mask[m].bool() for m in mods], 1)))
+        targets.append(kept(batch.target))
     cat = lambda xs: torch.cat(xs).numpy()  # noqa: E731
     rows = {"logits": {k: cat(v) for k, v in logits.items()}, "trust": cat(trusts), "score": cat(scores),
             "mask": cat(masks), "targets": cat(targets)} if targets else None
