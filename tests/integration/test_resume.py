@@ -51,3 +51,20 @@ def test_resume_matches_uninterrupted(tmp_path, optimizer, frozen, ema):
         assert torch.equal(a[k], b[k]), k
     assert [h["train_loss"] for h in full.train.history] == \
         [h["train_loss"] for h in __import__("json").loads((tmp_path / "cut" / "history.json").read_text())]
+
+
+def test_resume_continues_gradient_blending_weights(tmp_path):
+    """The blend's weights and its last estimate travel in the checkpoint: stopped after epoch 3
+    (one estimate made), the resumed run re-estimates after epoch 5 from the same anchor."""
+    manifest = make_items(tmp_path / "data", n=40)
+    opts = dict(epochs=5, early_stopping={"patience": 10}, balance={"blend": True, "blend_every": 2})
+    full = train(parse_config(config(manifest, tmp_path / "full", False, **opts)))
+    raw = config(manifest, tmp_path / "cut", False, **opts)
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_config(raw), callbacks=[StopAfter(3)])
+    resumed = train(parse_config(raw), resume=True)
+    weights = [[h[k] for k in sorted(h) if k.startswith("blend_")] for h in full.train.history]
+    assert weights[3] != weights[2]  # an estimate was made after epoch 3 (and used in epochs 4 and 5)
+    assert [[h[k] for k in sorted(h) if k.startswith("blend_")] for h in resumed.train.history] == weights
+    a, b = full.predictor.model.state_dict(), resumed.predictor.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

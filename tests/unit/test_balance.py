@@ -11,7 +11,8 @@ from torch import nn
 from crossfuse.config import parse_config
 from crossfuse.config.schema import BalanceConfig, TrainConfig
 from crossfuse.engine import train
-from crossfuse.engine.balance import GradientModulation, balanced_loss, ogm_coefficients, true_class_scores
+from crossfuse.engine.balance import (GradientBlend, GradientModulation, balanced_loss, blend_weights,
+                                     ogm_coefficients, true_class_scores)
 from crossfuse.engine.trainer import parameter_groups
 from crossfuse.errors import ConfigError
 from crossfuse.models import load_model
@@ -120,3 +121,66 @@ def test_a_model_trained_with_auxiliary_heads_and_ogm_saves_loads_and_logs_its_c
     assert set(model.aux_heads) == {"image", "text", "tabular"}
     saved = run.predictor.model.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items() if k.startswith("aux_heads."))
+
+
+def test_blend_weights_follow_wang_et_al_on_hand_made_losses():
+    # image: O 0.2 -> 0.4 (dO 0.2), val 1.2 -> 0.9 (dG 0.3): 0.3 / 0.04 = 7.5
+    # text:  O 0.1 -> 0.2 (dO 0.1), val 1.1 -> 1.0 (dG 0.1): 0.1 / 0.01 = 10
+    # fused: val rose 1.0 -> 1.05 (it overfits): weight 0
+    before_train, before_val = {"fused": 0.9, "image": 1.0, "text": 1.0}, {"fused": 1.0, "image": 1.2, "text": 1.1}
+    now_train, now_val = {"fused": 0.5, "image": 0.5, "text": 0.8}, {"fused": 1.05, "image": 0.9, "text": 1.0}
+    w = blend_weights(now_train, now_val, before_train, before_val)
+    assert w == pytest.approx({"fused": 0.0, "image": 7.5 / 17.5, "text": 10 / 17.5})
+    assert blend_weights(now_train, {h: 2.0 for h in now_val}, before_train, before_val) is None  # none generalised
+
+
+def test_blended_loss_weighs_each_head_and_learns_only_from_present_items():
+    torch.manual_seed(0)
+    features = {m: torch.randn(4, 5, requires_grad=True) for m in ("image", "text")}
+    heads = nn.ModuleDict({m: nn.Linear(5, 3) for m in features})
+    target = torch.tensor([0, 1, 2, 1])
+    mask = {"image": torch.tensor([True, False, True, False]), "text": torch.ones(4, dtype=torch.bool)}
+    fused = torch.randn(4, 3, requires_grad=True)
+    out, batch = _output(features, heads, target, mask, fused=fused)
+    blend = GradientBlend(nn.CrossEntropyLoss(), ["image", "text"])
+    assert blend.weights == pytest.approx({"fused": 1 / 3, "image": 1 / 3, "text": 1 / 3})  # equal at the start
+    blend.weights = {"fused": 0.5, "image": 0.2, "text": 0.3}
+    loss = blend(out, batch)
+    ce = nn.CrossEntropyLoss()
+    expected = 0.5 * ce(fused, target) + 0.2 * ce(heads["image"](features["image"][[0, 2]]), target[[0, 2]]) \
+        + 0.3 * ce(heads["text"](features["text"]), target)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert torch.count_nonzero(features["image"].grad[[1, 3]]) == 0
+    # the epoch's training losses: per head, over the items that had it
+    blend.end_train_epoch(lambda t: t)
+    assert blend._train["image"] == pytest.approx(float(ce(heads["image"](features["image"][[0, 2]]), target[[0, 2]])))
+
+
+def test_a_model_trained_with_gradient_blending_logs_weights_that_move_and_resumes_them(tmp_path):
+    manifest = make_items(tmp_path / "d", n=40)
+    raw = tiny_config(manifest, tmp_path / "run", epochs=6, balance={"blend": True, "blend_every": 2})
+    raw["train"]["early_stopping"] = {"patience": 6}
+    run = train(parse_config(raw))
+    history = run.train.history
+    weights = [{h: e[f"blend_{h}"] for h in ("fused", "image", "tabular", "text")} for e in history]
+    assert all(sum(w.values()) == pytest.approx(1.0) for w in weights)
+    assert weights[0] == weights[1] == weights[2] == {h: 0.25 for h in weights[0]}  # first estimate after epoch 3
+    assert weights[3] != weights[2]  # re-estimated from epochs 1 -> 3
+    model, _, _ = load_model(tmp_path / "run" / "model")
+    assert set(model.aux_heads) == {"image", "text", "tabular"}
+    # resumed from its last checkpoint, a run continues with the weights it had
+    from crossfuse.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")["state"]
+    assert state["blend"]["epochs"] == 6 and state["blend"]["anchor"]["epoch"] == 5  # estimates after 3 and 5
+    assert state["blend"]["weights"] == pytest.approx(weights[-1])
+
+
+def test_blending_is_refused_under_dp_sgd_and_its_period_checked(tmp_path):
+    manifest = make_items(tmp_path / "d", n=12)
+    with pytest.raises(ConfigError) as err:
+        parse_config(tiny_config(manifest, tmp_path / "r", balance={"blend": True, "blend_every": 0},
+                                 privacy={"noise_multiplier": 1.0}))
+    assert "'train.balance.blend' cannot be used with 'train.privacy'" in str(err.value)
+    assert "'train.balance.blend_every' must be an int >= 1" in str(err.value)

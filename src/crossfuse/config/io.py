@@ -127,9 +127,11 @@ def check_values(cfg: Config) -> List[str]:
         (lambda: t.balance.aux_weight >= 0, f"'train.balance.aux_weight' must be >= 0. Got {t.balance.aux_weight}."),
         (lambda: t.balance.ogm_alpha is None or t.balance.ogm_alpha > 0,
          f"'train.balance.ogm_alpha' must be > 0 or null. Got {t.balance.ogm_alpha}."),
-        (lambda: t.balance.ogm_alpha is None or t.balance.aux_weight > 0,
+        (lambda: t.balance.ogm_alpha is None or t.balance.aux_weight > 0 or t.balance.blend,
          "'train.balance.ogm_alpha' needs the auxiliary heads that score each modality: set "
-         "'train.balance.aux_weight' > 0 (e.g. 0.5)."),
+         "'train.balance.aux_weight' > 0 (e.g. 0.5) or 'train.balance.blend: true'."),
+        (lambda: isinstance(t.balance.blend_every, int) and t.balance.blend_every >= 1,
+         f"'train.balance.blend_every' must be an int >= 1. Got {t.balance.blend_every!r}."),
         (lambda: 0 <= cfg.head.dropout < 1, f"'head.dropout' must be in [0, 1). Got {cfg.head.dropout}."),
         (lambda: all(1 <= h <= 16384 for h in cfg.head.hidden),
          f"'head.hidden' sizes must be in [1, 16384]. Got {cfg.head.hidden}."),
@@ -182,6 +184,9 @@ def privacy_problems(cfg: Config) -> List[str]:
     if t.balance.ogm_alpha is not None:
         p.append("'train.balance.ogm_alpha' cannot be used with 'train.privacy': gradient modulation rescales "
                  "gradients from the batch's own scores after DP-SGD has clipped and noised them. Set it to null.")
+    if t.balance.blend:
+        p.append("'train.balance.blend' cannot be used with 'train.privacy': its loss weights are computed from "
+                 "the training items' losses outside the private mechanism. Set it to false (aux_weight is fine).")
     if str(t.devices) not in ("1", "auto") or t.strategy not in ("auto", "single_device") or (t.num_nodes or 1) > 1:
         p.append("'train.privacy' trains in one process: Opacus accounts for data parallelism only when the model "
                  "is wrapped for DP before it is distributed, which crossfuse does not do. Set train.devices: 1.")

@@ -111,6 +111,12 @@ class BalanceConfig:
     # null: off. Needs the auxiliary heads (aux_weight > 0)
     ogm_alpha: Optional[float] = None
     ogm_noise: bool = True  # OGM-GE's Gaussian noise on the modulated encoders' gradients
+    # gradient blending (Wang et al., CVPR 2020, online): the fused loss and each modality's
+    # auxiliary loss weighted by generalisation gained per overfitting squared, w ~ dG / dO^2,
+    # re-estimated from train and validation losses every ``blend_every`` epochs (replaces
+    # aux_weight's fixed weight; needs a validation split)
+    blend: bool = False
+    blend_every: int = 2
     # learning-rate factor per modality's encoder, e.g. {image: 2.0}; others 1
     modality_lr: Dict[str, float] = field(default_factory=dict)
 

@@ -10,7 +10,9 @@ predict alone. OGM-GE reads the same heads: a modality whose head is ahead of th
 summed softmax score of the true class, over the batch) has its encoder's gradients scaled down,
 so the others catch up; the paper's Gaussian noise keeps the modulated encoders generalising.
 Peng et al. split a concatenation's last layer into per-modality parts for the scores; the
-auxiliary heads give the same scores for every fusion method.
+auxiliary heads give the same scores for every fusion method. Gradient blending (Wang et al.)
+weights the fused loss and the auxiliary ones by how much each head generalises per unit of
+overfitting, re-estimated as training goes (their online G-Blend).
 """
 from __future__ import annotations
 
@@ -38,6 +40,91 @@ def balanced_loss(loss_fn: torch.nn.Module, aux_weight: float) -> Callable[[Mode
         return loss
 
     return step_loss
+
+
+FUSED = "fused"  # the blend weights' name for the fused head's loss
+
+
+def blend_weights(train: Mapping[str, float], val: Mapping[str, float], prev_train: Mapping[str, float],
+                  prev_val: Mapping[str, float]) -> Optional[Dict[str, float]]:
+    """Wang et al.'s gradient-blending weights between two checkpoints of each head's losses:
+    overfitting O = L_val - L_train, dO = O_now - O_before, generalisation dG = L_val_before -
+    L_val_now, w ~ max(dG, 0) / dO^2, normalised to sum to 1. None when no head generalised."""
+    raw = {}
+    for h in train:
+        if h not in prev_train or h not in val or h not in prev_val:
+            continue
+        gain = prev_val[h] - val[h]
+        overfit = (val[h] - train[h]) - (prev_val[h] - prev_train[h])
+        raw[h] = max(gain, 0.0) / max(overfit * overfit, 1e-8)
+    total = sum(raw.values())
+    return {h: w / total for h, w in raw.items()} if total > 0 else None
+
+
+class GradientBlend:
+    """``step_loss`` of online gradient blending: sum over heads of w_h times the head's loss (the
+    fused one on every item, a modality's on the items that have it). Every ``every`` epochs the
+    weights are re-estimated from each head's mean training loss over the last epoch and its loss
+    on the validation split (``blend_weights``); they start equal. The trainer calls
+    ``end_train_epoch(reduce)`` after each training pass, ``observe_validation(out, loss_fn)`` after
+    each validation, and keeps ``state()`` in its checkpoint."""
+
+    def __init__(self, loss_fn: torch.nn.Module, modalities, every: int = 2):
+        heads = [FUSED] + sorted(modalities)
+        self.loss_fn, self.every = loss_fn, max(1, int(every))
+        self.weights: Dict[str, float] = {h: 1.0 / len(heads) for h in heads}
+        self._sums: Dict[str, torch.Tensor] = {}  # this epoch's loss x items per head, and items
+        self._train: Dict[str, float] = {}
+        self._anchor: Optional[Dict[str, Dict[str, float]]] = None  # losses at the last estimate
+        self._epochs = 0
+
+    def __call__(self, out: ModelOutput, batch: Batch) -> torch.Tensor:
+        losses = {FUSED: (self.loss_fn(out.logits.float(), batch.target), len(batch))}
+        for m, logits in (out.aux_logits or {}).items():
+            present = batch.mask[m]
+            if bool(present.any()):
+                losses[m] = (self.loss_fn(logits[present].float(), batch.target[present]), int(present.sum()))
+        for h, (loss, n) in losses.items():
+            acc = self._sums.setdefault(h, torch.zeros(2, device=loss.device))
+            acc += torch.stack([loss.detach() * n, loss.new_tensor(float(n))])
+        return sum(self.weights[h] * loss for h, (loss, _) in losses.items())
+
+    def end_train_epoch(self, reduce: Reduce) -> None:
+        """Each head's mean training loss over the epoch, summed over processes first."""
+        heads = sorted(self._sums)
+        if heads:
+            totals = reduce(torch.stack([self._sums[h] for h in heads]))
+            self._train = {h: float(t[0] / t[1]) for h, t in zip(heads, totals) if float(t[1]) > 0}
+        self._sums = {}
+
+    def observe_validation(self, out: Mapping[str, object], loss_fn: torch.nn.Module) -> None:
+        """Each head's validation loss from collected outputs (``aux_logits`` per modality, masks
+        in sorted modality order); every ``every`` epochs, new weights."""
+        targets = torch.as_tensor(out["targets"])
+        targets = targets if targets.is_floating_point() else targets.long()
+        val = {FUSED: float(loss_fn(torch.as_tensor(out["logits"]), targets))}
+        aux = out.get("aux_logits") or {}
+        for j, m in enumerate(sorted(aux)):
+            present = torch.as_tensor(out["mask"][:, j])
+            if bool(present.any()):
+                val[m] = float(loss_fn(torch.as_tensor(aux[m])[present], targets[present]))
+        self._epochs += 1
+        if self._anchor is None or self._epochs - self._anchor["epoch"] >= self.every:
+            if self._anchor is not None:
+                new = blend_weights(self._train, val, self._anchor["train"], self._anchor["val"])
+                if new is not None:  # heads that did not generalise get no weight
+                    self.weights = {h: new.get(h, 0.0) for h in self.weights}
+            self._anchor = {"train": dict(self._train), "val": val, "epoch": self._epochs}
+
+    def epoch_record(self) -> Dict[str, float]:
+        return {f"blend_{h}": w for h, w in self.weights.items()}
+
+    def state(self) -> Dict[str, object]:
+        return {"weights": dict(self.weights), "anchor": self._anchor, "epochs": self._epochs}
+
+    def load_state(self, state: Optional[Mapping[str, object]]) -> None:
+        if state:
+            self.weights, self._anchor, self._epochs = dict(state["weights"]), state["anchor"], int(state["epochs"])
 
 
 def true_class_scores(out: ModelOutput, batch: Batch) -> Dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
     if was_training:  # switching modes walks every submodule: only when needed (servers call this per batch)
         model.eval()
     logits, weights, targets, index, masks, used, trust, imagined = [], [], [], [], [], [], [], []
+    aux: Dict[str, list] = {}
     for batch in Progress(loader, desc, enabled=progress, unit="batch"):
         batch: Batch = batch.to(device)
         with autocast or nullcontext():
@@ -48,12 +49,14 @@ def collect_outputs(model: torch.nn.Module, loader: DataLoader, device: torch.de
             trust.append(kept(out.trust.float()))
         if getattr(out, "imagined", None) is not None:
             imagined.append(kept(torch.stack([out.imagined[m].bool() for m in sorted(out.imagined)], 1)))
+        for m, a in (getattr(out, "aux_logits", None) or {}).items():  # balanced training's per-modality heads
+            aux.setdefault(m, []).append(kept(a.float()))
     if was_training:
         model.train()
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
     return {"logits": cat(logits), "weights": cat(weights), "targets": cat(targets), "index": cat(index),
             "mask": cat(masks), "used": cat(used), "trust": cat(trust),
-            "imagined": cat(imagined)}
+            "imagined": cat(imagined), "aux_logits": {m: cat(v) for m, v in aux.items()} or None}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 import crossfuse
 from crossfuse.config.schema import Config
 from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
-from crossfuse.engine.balance import balanced_loss, gradient_hook
+from crossfuse.engine.balance import GradientBlend, balanced_loss, gradient_hook
 from crossfuse.engine.baseline import linear_baseline
 from crossfuse.engine.distributed import is_main
 from crossfuse.engine.predictor import Predictor
@@ -72,7 +72,9 @@ class FusionTask(RunTask):
         balance = ctx.cfg.train.balance
         options = {"loss_fn": loss_fn, "metrics_fn": self.spec.metrics, "monitor": self.monitor,
                    "higher_is_better": self.monitor in HIGHER_IS_BETTER, "on_gradients": gradient_hook(balance)}
-        if balance.aux_weight > 0:  # validation keeps the fused loss alone
+        if balance.blend:  # validation keeps the fused loss alone; the blend reads every head's
+            options["step_loss"] = GradientBlend(loss_fn, ctx.cfg.modalities, balance.blend_every)
+        elif balance.aux_weight > 0:
             options["step_loss"] = balanced_loss(loss_fn, balance.aux_weight)
         return options
 

@@ -168,6 +168,9 @@ class Trainer:
         metrics = self.metrics_fn(out["logits"], out["targets"])
         metrics["loss"] = float(self.loss_fn(logits, targets.to(logits.dtype if targets.is_floating_point()
                                                                    else torch.long)))
+        observe = getattr(self.step_loss, "observe_validation", None)  # gradient blending reads every head
+        if observe is not None:
+            observe(out, self.loss_fn)
         return metrics
 
     # --- the loop -------------------------------------------------------------------------
@@ -301,6 +304,8 @@ class Trainer:
         run.state = ckpt["state"]
         if run.private is not None:  # the budget continues: the accountant's steps so far
             run.private.load_state(run.state.get("privacy"))
+        if hasattr(self.step_loss, "load_state"):
+            self.step_loss.load_state(run.state.get("blend"))
         if self.cfg.ema is not None and run.state.get("ema") is None:
             if self.is_main:
                 log.warning("--resume: the checkpoint has no weight average (train.ema); it starts now")
@@ -344,11 +349,15 @@ class Trainer:
             total += loss.detach() * len(batch)
             count += len(batch)
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        end = getattr(self.step_loss, "end_train_epoch", None)  # gradient blending's training losses
+        if end is not None:
+            end(lambda t: fabric.all_reduce(t, reduce_op="sum"))
         train_loss = float(fabric.all_reduce(total / max(count, 1), reduce_op="mean"))
         seconds = time.perf_counter() - start  # the training pass only, validation excluded
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.optimizer.param_groups[0]["lr"],
                   "train_seconds": seconds, "samples_per_s": count * fabric.world_size / seconds}
-        record.update(getattr(self.on_gradients, "epoch_record", dict)())
+        for hook in (self.on_gradients, self.step_loss):  # OGM's coefficients, the blend's weights
+            record.update(getattr(hook, "epoch_record", dict)())
         if run.private is not None:
             run.state["privacy"] = run.private.state()
             record["epsilon"] = run.private.epsilon()
@@ -373,6 +382,8 @@ class Trainer:
             self.fabric.log_dict({k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))},
                                  step=epoch + 1)
         state["epoch"] = epoch + 1
+        if hasattr(self.step_loss, "state"):  # the blend's weights and anchor: a resumed run continues them
+            state["blend"] = self.step_loss.state()
         if self.is_main:
             shown = ("train_loss", "val_loss", "val_accuracy", f"val_{self.monitor}", "epsilon")
             log.info("epoch %d/%d: %s", epoch + 1, c.epochs,

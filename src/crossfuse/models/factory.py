@@ -137,7 +137,8 @@ def build_model(cfg: Config, processors: Dict[str, Processor], train_df: pd.Data
     """Encoders (see build_encoders), then the fusion method and the head."""
     encoders = build_encoders(cfg, processors, train_df, base_dir)
     input_dims = {name: e.output_dim for name, e in encoders.items()}
-    aux = out_dim if cfg.train.balance.aux_weight > 0 else None  # balanced training's per-modality heads
+    balance = cfg.train.balance
+    aux = out_dim if balance.aux_weight > 0 or balance.blend else None  # balanced training's per-modality heads
     if FUSIONS.get(cfg.fusion.name).decision_level:  # the fusion emits the outputs itself
         fusion = FUSIONS.build(cfg.fusion.name, input_dims=input_dims, n_outputs=out_dim, **cfg.fusion.params)
         return FusionModel(encoders, fusion, Head(fusion.output_dim, None, hidden=[], dropout=0.0), aux_outputs=aux,
