@@ -2,6 +2,7 @@
 
     python benchmarks/tune_tuxpaint.py                       # 40 trials, ensemble of 5, seeds 0 1 2
     python benchmarks/tune_tuxpaint.py --trials 20 --seeds 0 # quicker
+    python benchmarks/tune_tuxpaint.py --cv 5                # each trial scored by 5-fold cross-validation
 
 Per seed: the default config (benchmarks/configs/tuxpaint.yaml, train.seed=SEED) trained once;
 then a study of --trials trials over the default space (learning rate, weight decay, head dropout,
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--ensemble", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cv", type=int, default=0, help="tune.cv: folds over train + val per trial (0: the val split)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
@@ -42,7 +44,8 @@ def main() -> None:
         default = json.loads((out / "default" / "metrics.json").read_text())["accuracy"]
         clock = time.perf_counter()
         assert cli(["-q", "tune", str(args.config), *common, f"output_dir={out}", f"tune.trials={args.trials}",
-                    f"tune.seed={seed}", f"tune.ensemble={args.ensemble}", f"tune.study=tux-seed{seed}"]) == 0
+                    f"tune.seed={seed}", f"tune.ensemble={args.ensemble}", f"tune.study=tux-seed{seed}",
+                    f"tune.cv={args.cv}"]) == 0
         wall = time.perf_counter() - clock
         summary = json.loads((out / "tune" / "tune.json").read_text())
         ens = summary["ensemble"]
@@ -53,7 +56,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     print(f"\n| model | test accuracy (mean +- std over seeds {' '.join(map(str, args.seeds))}) |\n|---|---|")
-    for key, name in (("default", "default config (concat)"), ("tuned", f"tune, {args.trials} trials, best refit"),
+    how = f", {args.cv}-fold cross-validated trials" if args.cv else ""
+    for key, name in (("default", "default config (concat)"), ("tuned", f"tune, {args.trials} trials{how}, best refit"),
                       ("ensemble", f"greedy ensemble of the best {args.ensemble}")):
         v = np.array([r[key] for r in rows])
         print(f"| {name} | {v.mean():.4f} +- {v.std():.4f} |")

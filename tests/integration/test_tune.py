@@ -144,3 +144,32 @@ def test_a_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(tmp_path):
     states = [t.state.name for t in open_study(s).get_trials(deepcopy=False)]
     assert states[0] == "FAIL" and states[1:] == ["COMPLETE", "COMPLETE"]
     assert pd.read_csv(tmp_path / "run" / "tune" / "trials.csv")["state"].tolist() == states
+
+
+def test_cross_validated_trials_use_every_train_and_val_row_once_as_validation_and_never_a_test_row(tmp_path):
+    from crossfuse.config import parse_config
+    from crossfuse.engine.run import load_table, task_for
+    from crossfuse.engine.tune import cv_splits
+
+    config = write_config(tmp_path, trials=2, cv=3, pruner="none")
+    cfg = parse_config(yaml.safe_load(config.read_text()))
+    df, _, file = load_table(cfg)
+    test_rows = set(task_for(cfg).split(cfg, df, file)["test"].index)
+    folds = cv_splits(task_for(cfg), cfg, df, file, 3, seed=0)
+    assert len(folds) == 3
+    for column in folds:
+        assert set(column.index[column == "test"]) == test_rows  # the test rows stay out of every fold
+    val_rows = [set(c.index[c == "val"]) for c in folds]
+    assert sum(map(len, val_rows)) == len(df) - len(test_rows) == len(set().union(*val_rows))  # each row once
+    for column in folds:  # stratified: every class in every fold's validation rows
+        assert df.loc[column == "val", "label"].nunique() == df["label"].nunique()
+
+    assert main(["-q", "tune", str(config), "--no-refit"]) == 0
+    study = open_study(setup(config))
+    for t in study.get_trials():
+        folds_seen = t.user_attrs["fold_values"]
+        assert len(folds_seen) == 3 and t.value == pytest.approx(sum(folds_seen) / 3)
+        assert t.user_attrs["val_loss"] == pytest.approx(-t.value)  # the mean validation loss of the folds
+        assert sorted(t.intermediate_values) == [0, 1, 2]  # the running mean, reported after each fold
+    with pytest.raises(ConfigError, match="tune.cv must be 0"):
+        setup(write_config(tmp_path / "bad", cv=1))

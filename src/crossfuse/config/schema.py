@@ -286,6 +286,10 @@ class TuneConfig:
     study: Optional[str] = None  # null: the output_dir's name
     epochs: Optional[int] = None  # train.epochs of each trial; null: the config's
     ensemble: int = 0  # >= 2: also refit the best K trials and save their greedy ensemble (tune/ensemble)
+    # >= 2: each trial is scored by K-fold cross-validation over the train + val rows (the test rows
+    # as the config splits them, never used), its objective the mean of the folds' best validation
+    # scores: a choice that does not hang on one small validation split; 0: that split
+    cv: int = 0
 
 
 @dataclass

@@ -4,8 +4,10 @@ study that several processes or machines can work on, and a best model refit at 
 Every trial is ``run_task`` on the config with the trial's values set, without saving; frozen
 encoders' outputs come from the embedding cache, so after the first trial a trial trains only the
 fusion head. The objective is the run's best validation score on its early-stopping metric (never
-the test split), reported per epoch so that a pruner stops bad trials early. Optuna maximises;
-for a metric where lower is better (loss, rmse) the objective is its negative.
+the test split), reported per epoch so that a pruner stops bad trials early. With ``tune.cv: K``
+it is the mean over K folds of the train + val rows, each fold the validation split of one run,
+reported after each fold. Optuna maximises; for a metric where lower is better (loss, rmse) the
+objective is its negative.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from crossfuse.config import apply_overrides, load_yaml, parse_config
@@ -29,6 +32,7 @@ from crossfuse.errors import ConfigError, CrossfuseError, require
 log = logging.getLogger(__name__)
 KINDS = ("log_uniform", "uniform", "int", "choice")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+CV_COLUMN = "__crossfuse_cv_split__"  # a fold's split column (train / val / test), added to a trial's table
 
 
 def default_space(raw: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -157,6 +161,35 @@ class _Reporter:
             raise optuna.TrialPruned()
 
 
+def cv_splits(task, cfg, df: pd.DataFrame, file: str, k: int, seed: int) -> List[pd.Series]:
+    """K split columns over ``df``'s rows (train / val / test): the test rows as the config splits
+    them in every one; the train + val rows cut into K folds, each the validation rows of one
+    (stratified by class for classification, whole groups for retrieval with a group column)."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+    from crossfuse.data.validate import label_str
+
+    parts = task.split(cfg, df, file)
+    pool = pd.concat([parts["train"], parts["val"]]).sort_index()
+    group = cfg.retrieval.group_column if cfg.data.task == "retrieval" else None
+    if group and group in pool.columns:
+        folds = GroupKFold(n_splits=k).split(pool, groups=pool[group].astype(str))
+    elif cfg.data.task == "classification" and cfg.data.target in pool.columns:
+        labels = pool[cfg.data.target].map(label_str)
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) \
+            if labels.value_counts().min() >= k else KFold(n_splits=k, shuffle=True, random_state=seed)
+        folds = splitter.split(pool, labels)
+    else:
+        folds = KFold(n_splits=k, shuffle=True, random_state=seed).split(pool)
+    columns = []
+    for train_at, val_at in folds:
+        column = pd.Series("test", index=df.index, dtype=object)
+        column[pool.index[train_at]] = "train"
+        column[pool.index[val_at]] = "val"
+        columns.append(column)
+    return columns
+
+
 @dataclass
 class TuneSetup:
     raw: Dict[str, Any]
@@ -170,6 +203,7 @@ class TuneSetup:
     pruner: str
     epochs: Optional[int]
     ensemble: int = 0
+    cv: int = 0
 
 
 def setup(config: Path, overrides: Sequence[str] = (), trials: Optional[int] = None, timeout: Optional[float] = None,
@@ -187,8 +221,11 @@ def setup(config: Path, overrides: Sequence[str] = (), trials: Optional[int] = N
     storage = storage or tc.storage or str(out / "journal.log")
     if tc.ensemble == 1 or tc.ensemble < 0 or tc.ensemble > 64:
         raise ConfigError([f"tune.ensemble must be 0 (none) or 2 to 64 trials. Got {tc.ensemble}."])
+    if tc.cv == 1 or tc.cv < 0 or tc.cv > 20:
+        raise ConfigError([f"tune.cv must be 0 (the config's validation split) or 2 to 20 folds. Got {tc.cv}."])
     return TuneSetup(raw, space, out, storage, study or tc.study or Path(cfg.output_dir).name, trials,
-                     timeout if timeout is not None else tc.timeout, tc.seed, tc.pruner, tc.epochs, tc.ensemble)
+                     timeout if timeout is not None else tc.timeout, tc.seed, tc.pruner, tc.epochs, tc.ensemble,
+                     tc.cv)
 
 
 def _storage(url: str):
@@ -260,8 +297,23 @@ def work(s: TuneSetup, worker: int = 0, progress: bool = True) -> None:
     fail_dead_trials(study)
     if _finished(study) >= s.trials:
         return
+    folds: List[pd.Series] = []
+    if s.cv >= 2:  # the table and its folds once per worker; every trial runs on the same folds
+        from crossfuse.engine.run import load_table
+
+        base = parse_config(trial_raw(s.raw, s.epochs))
+        df, base_dir, file = load_table(base)
+        folds = cv_splits(task_for(base), base, df, file, s.cv, s.seed)
+
+    def scored(result) -> float:
+        tr = result.train
+        if tr.best_score is None or not math.isfinite(tr.best_score):
+            raise CrossfuseError("the trial has no validation score (no validation split?)")
+        return float(tr.best_score if tr.higher_is_better else -tr.best_score)
 
     def objective(trial) -> float:
+        import optuna
+
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         params = {k: suggest(trial, k, spec) for k, spec in s.space.items()}
@@ -273,17 +325,30 @@ def work(s: TuneSetup, worker: int = 0, progress: bool = True) -> None:
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # a trial's epoch lines would bury the progress bar
         try:
-            result = run_task(task_for(cfg), cfg, save=False, callbacks=[_Reporter(trial)])
+            if not folds:
+                result = run_task(task_for(cfg), cfg, save=False, callbacks=[_Reporter(trial)])
+                values = [scored(result)]
+            else:
+                split = replace(cfg.data.split, column=CV_COLUMN)
+                fold_cfg = replace(cfg, data=replace(cfg.data, split=split))
+                values = []
+                for k, column in enumerate(folds):  # the pruner sees the running mean after each fold
+                    result = run_task(task_for(fold_cfg), fold_cfg, df.assign(**{CV_COLUMN: column}), base_dir,
+                                      save=False)
+                    values.append(scored(result))
+                    trial.report(float(np.mean(values)), k)
+                    if k + 1 < len(folds) and trial.should_prune():
+                        raise optuna.TrialPruned()
+                trial.set_user_attr("fold_values", values)
         finally:
             quiet.setLevel(level)
         tr = result.train
-        if tr.best_score is None or not math.isfinite(tr.best_score):
-            raise CrossfuseError("the trial has no validation score (no validation split?)")
+        value = float(np.mean(values))
         trial.set_user_attr("monitor", tr.monitor)
-        trial.set_user_attr(f"val_{tr.monitor}", float(tr.best_score))
+        trial.set_user_attr(f"val_{tr.monitor}", value if tr.higher_is_better else -value)
         trial.set_user_attr("best_epoch", tr.best_epoch)
         trial.set_user_attr("seconds", round(time.perf_counter() - clock, 2))
-        return float(tr.best_score if tr.higher_is_better else -tr.best_score)
+        return value
 
     bar = None
     if progress:
