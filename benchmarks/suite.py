@@ -86,7 +86,8 @@ SETS: Dict[str, tuple] = {
     "tuxpaint": (_tuxpaint, TUX_DATA, {
         "image": {"kind": "image", "columns": ["image"], "encoder": {"name": "efficientnet_lite0"}},
         "text": {"kind": "text", "columns": ["caption"], "encoder": {"name": "minilm"}}}),
-    "tuxpaint_speech": (_tuxpaint, TUX_DATA, {
+    # about one stamp in twelve has a recorded description: the rest are items without audio
+    "tuxpaint_speech": (_tuxpaint, {**TUX_DATA, "on_bad_item": "missing"}, {
         "image": {"kind": "image", "columns": ["image"], "encoder": {"name": "efficientnet_lite0"}},
         "text": {"kind": "text", "columns": ["caption"], "encoder": {"name": "minilm"}},
         "audio": {"kind": "audio", "columns": ["audio"], "encoder": {"name": "whisper_tiny_en"}}}),
