@@ -39,7 +39,7 @@ def read_manifest(path: str | Path, columns: Optional[List[str]] = None) -> pd.D
 
             names = pq.read_schema(path).names
             wanted = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
-            df = pq.read_table(path, columns=wanted).to_pandas()
+            df = pd.read_parquet(path, columns=wanted)  # pyarrow reads only these columns' chunks
         else:
             raise DataError([Problem(str(path), f"unsupported manifest format '{suffix}'; use .csv, .tsv, "
                                                 ".jsonl or .parquet")])
