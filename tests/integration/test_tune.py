@@ -173,3 +173,19 @@ def test_cross_validated_trials_use_every_train_and_val_row_once_as_validation_a
         assert sorted(t.intermediate_values) == [0, 1, 2]  # the running mean, reported after each fold
     with pytest.raises(ConfigError, match="tune.cv must be 0"):
         setup(write_config(tmp_path / "bad", cv=1))
+
+
+def test_the_first_trial_is_the_config_as_written_when_its_values_lie_in_the_space(tmp_path):
+    from crossfuse.engine.tune import config_values
+
+    config = write_config(tmp_path, trials=2, pruner="none")
+    assert main(["-q", "tune", str(config), "--no-refit"]) == 0
+    first = open_study(setup(config)).trials[0]
+    # tiny_config: lr 0.01, concat, head dropout 0.0: the search's objective starts from them
+    assert first.params == {"train.lr": 0.01, "fusion.name": "concat", "head.dropout": 0.0}
+    assert first.user_attrs["config_values"] is True
+    raw = yaml.safe_load(config.read_text())
+    assert config_values(raw, {"train.lr": {"log_uniform": [0.05, 0.1]}}) is None  # 0.01 is outside
+    assert config_values(raw, {"fusion.name": {"choice": ["gated", "late"]}}) is None
+    raw["fusion"] = {"name": "attention", "dim": 16}  # the configured method keeps its own parameters
+    assert config_values(raw, {"fusion.dim": {"int": [8, 32]}}) == {"fusion.dim": 16}

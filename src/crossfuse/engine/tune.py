@@ -82,11 +82,37 @@ def space_problems(space: Any) -> List[str]:
 
 
 def with_params(raw: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
-    """``raw`` with each searched key set. Choosing ``fusion.name`` drops the fusion's other
-    parameters (they belong to the configured method) unless the space sets them too."""
-    if "fusion.name" in params:
+    """``raw`` with each searched key set. Choosing another ``fusion.name`` than the configured one
+    drops the fusion's other parameters (they belong to the configured method) unless the space
+    sets them too."""
+    if "fusion.name" in params and params["fusion.name"] != parse_config(raw).fusion.name:
         raw = {**raw, "fusion": {"name": params["fusion.name"]}}
     return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in params.items()])
+
+
+def config_values(raw: Dict[str, Any], space: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The config's own value of every searched key, when each lies in the space (a choice listed,
+    a number within its range); None otherwise. Enqueued as the study's first trial, so the search
+    never ends below the configuration it started from on its own objective."""
+    from crossfuse.config.schema import Component
+
+    cfg, values = parse_config(raw), {}
+    for key, spec in space.items():
+        value: Any = cfg
+        for part in key.split("."):
+            if isinstance(value, Component) and part != "name":
+                value = value.params
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        kind, bounds = next(iter(spec.items()))
+        if kind == "choice":
+            inside = value in bounds
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and (kind != "int" or float(value).is_integer()) and bounds[0] <= value <= bounds[1]
+        if not inside:
+            return None
+        values[key] = int(value) if kind == "int" else value
+    return values
 
 
 def check_space(raw: Dict[str, Any], space: Dict[str, Dict[str, Any]]) -> None:
@@ -297,6 +323,11 @@ def work(s: TuneSetup, worker: int = 0, progress: bool = True) -> None:
     fail_dead_trials(study)
     if _finished(study) >= s.trials:
         return
+    start = config_values(s.raw, s.space)
+    if start is not None:  # the configuration as written is trial 0 (once, whichever worker comes first)
+        study.enqueue_trial(start, user_attrs={"config_values": True}, skip_if_exists=True)
+    else:
+        log.info("tune: the config's own values are not all inside tune.space; the search starts without them")
     folds: List[pd.Series] = []
     if s.cv >= 2:  # the table and its folds once per worker; every trial runs on the same folds
         from crossfuse.engine.run import load_table
