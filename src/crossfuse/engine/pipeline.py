@@ -72,7 +72,7 @@ class FusionTask(RunTask):
         balance = ctx.cfg.train.balance
         options = {"loss_fn": loss_fn, "metrics_fn": self.spec.metrics, "monitor": self.monitor,
                    "higher_is_better": self.monitor in HIGHER_IS_BETTER, "on_gradients": gradient_hook(balance)}
-        if balance.blend:  # validation keeps the fused loss alone; the blend reads every head's
+        if balance.blend:  # validation keeps the fused loss alone; the blend also reads every head's there
             options["step_loss"] = GradientBlend(loss_fn, ctx.cfg.modalities, balance.blend_every)
         elif balance.aux_weight > 0:
             options["step_loss"] = balanced_loss(loss_fn, balance.aux_weight)
