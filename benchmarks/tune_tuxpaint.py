@@ -3,6 +3,7 @@
     python benchmarks/tune_tuxpaint.py                       # 40 trials, ensemble of 5, seeds 0 1 2
     python benchmarks/tune_tuxpaint.py --trials 20 --seeds 0 # quicker
     python benchmarks/tune_tuxpaint.py --cv 5                # each trial scored by 5-fold cross-validation
+    python benchmarks/tune_tuxpaint.py --cv 5 --metric accuracy   # search (and early-stop) on what is reported
 
 Per seed: the default config (benchmarks/configs/tuxpaint.yaml, train.seed=SEED) trained once;
 then a study of --trials trials over the default space (learning rate, weight decay, head dropout,
@@ -35,11 +36,14 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cv", type=int, default=0, help="tune.cv: folds over train + val per trial (0: the val split)")
+    ap.add_argument("--metric", help="train.early_stopping.metric of the default run and of every trial, so the "
+                    "objective of the search (default: the config's, f1_macro)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
         out = args.out / f"seed{seed}"
-        common = [f"train.seed={seed}", "train.progress=false"]
+        common = [f"train.seed={seed}", "train.progress=false"] + \
+            ([f"train.early_stopping.metric={args.metric}"] if args.metric else [])
         assert cli(["-q", "train", str(args.config), *common, f"output_dir={out / 'default'}"]) == 0
         default = json.loads((out / "default" / "metrics.json").read_text())["accuracy"]
         clock = time.perf_counter()
