@@ -45,7 +45,7 @@ def read_flickr(root: str | Path, captions: Optional[str | Path] = None, images:
         raise DataError([Problem(str(captions or root), "no Flickr caption file found; expected one of "
                                  + ", ".join(TOKEN_FILES))])
     img_dir = Path(images) if images else next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root)
-    df = _read_captions(cap_file)
+    df = read_captions(cap_file)
     missing = sorted({name for name in df["image_name"].unique() if not (img_dir / name).is_file()})
     if missing:
         raise DataError([Problem(str(cap_file), f"image '{name}' not found in {img_dir}", int(pos), "image")
@@ -66,7 +66,18 @@ def read_flickr(root: str | Path, captions: Optional[str | Path] = None, images:
     return out
 
 
-def _read_captions(path: Path) -> pd.DataFrame:
+def read_captions(path: str | Path) -> pd.DataFrame:
+    """A Flickr caption file as rows of ``image_name``, ``caption``, ``n`` (the caption's number
+    among its image's: ``#n`` in the token files, the order of appearance in the CSV layouts) and
+    ``line`` (1-based, for errors)."""
+    path = Path(path)
+    df = _caption_rows(path)
+    if "n" not in df:
+        df["n"] = df.groupby("image_name").cumcount()
+    return df
+
+
+def _caption_rows(path: Path) -> pd.DataFrame:
     rows: List[Dict] = []
     problems: List[Problem] = []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -91,7 +102,8 @@ def _read_captions(path: Path) -> pd.DataFrame:
             if not m or not m["caption"].strip():
                 problems.append(Problem(str(path), f"line {i}: expected '<image>#<n><TAB><caption>'", i - 1))
                 continue
-            rows.append({"image_name": m["image"].strip(), "caption": m["caption"].strip(), "line": i})
+            rows.append({"image_name": m["image"].strip(), "caption": m["caption"].strip(), "n": int(m["n"]),
+                         "line": i})
     if problems:
         raise DataError(problems)
     if not rows:
