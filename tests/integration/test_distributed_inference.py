@@ -136,3 +136,17 @@ def test_a_bad_row_in_a_later_chunk_leaves_no_csv(served, tmp_path, capsys):
     assert main(["-q", "predict", str(served["fusion"]), str(manifest), "--out", str(out), "--chunk-rows", "10"]) != 0
     assert "not-there.png" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the CSV nor its temporary file
+
+
+def test_ids_repeated_across_chunks_are_warned_about_with_their_rows(served, tmp_path, capsys):
+    items = served["items"]
+    df = pd.read_csv(items)
+    df.loc[25, "id"] = df.loc[3, "id"]  # rows 4 and 26: chunks 1 and 3 at 10 rows a chunk
+    manifest = items.with_name("repeated-ids.csv")
+    df.to_csv(manifest, index=False)
+    assert main(["-q", "predict", str(served["fusion"]), str(manifest), "--out", str(tmp_path / "p.csv"),
+                 "--chunk-rows", "10"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier row's id" in line]
+    assert len(warned) == 1 and "1 rows" in warned[0]
+    assert f"row 26 repeats id {str(df.loc[3, 'id'])!r} of row 4" in warned[0]
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(df)  # a warning: every row is still predicted

@@ -220,7 +220,8 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
     (``data.manifest_chunks``: Parquet in record batches, CSV in chunks), and each chunk's
     predictions are appended to a temporary file renamed to ``out_csv`` at the end, so memory
     stays bounded by a chunk and a killed run leaves no partial CSV. Under torchrun each chunk is
-    split across the processes and rank 0 writes. Ids repeated across chunks are not detected."""
+    split across the processes and rank 0 writes. Rows that repeat an earlier row's id, in any
+    chunk, are counted and warned about at the end (ids name the items in the CSV)."""
     from crossfuse.data import manifest_chunks
 
     if chunk_rows < 1:
@@ -233,6 +234,8 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
     out_csv = Path(out_csv)
     tmp = out_csv.with_name(f".{out_csv.name}.{os.getpid()}.tmp")
     written = 0
+    first_row: Dict[str, int] = {}  # id -> the first row that has it, across chunks
+    repeats: List[str] = []
     try:
         with (open(tmp, "w", encoding="utf-8", newline="") if main else contextlib.nullcontext()) as f:
             for chunk in manifest_chunks(manifest, columns, chunk_rows):
@@ -240,10 +243,17 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
                                                  num_workers, progress=True, distributed=True)
                 if main:
                     result.to_csv(f, index=False, header=written == 0)
+                    if id_col and id_col in result.columns:
+                        for row, item in zip(result["row"].tolist(), result[id_col].astype(str).tolist()):
+                            if first_row.setdefault(item, row) != row:
+                                repeats.append(f"row {row} repeats id {item!r} of row {first_row[item]}")
                 written += len(result)
         if main:
             os.replace(tmp, out_csv)
     finally:
         if main and tmp.exists():
             tmp.unlink()
+    if repeats:
+        log.warning("%s: %d rows repeat an earlier row's id (column '%s'), so the id names more than one row of "
+                    "%s; first: %s", manifest, len(repeats), id_col, out_csv, "; ".join(repeats[:3]))
     return written
