@@ -295,6 +295,7 @@ def test_tls_round_trip_with_a_self_signed_certificate(served):
         cert = next(line.split()[-1] for line in lines if line.startswith("self-signed certificate"))
         fingerprint = next(line.split()[-1] for line in lines if "SHA-256 fingerprint" in line)
         assert len(fingerprint.split(":")) == 32
+        assert Path(cert).is_file() and not (Path(cert).parent / "key.pem").exists()  # the key is in memory only
         ctx = ssl.create_default_context(cafile=cert)
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx) as c:
             assert c.get("/health").json()["status"] == "ok"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import ssl
 import tempfile
 from pathlib import Path
@@ -48,9 +49,12 @@ def serve(model_dir: Path, indexes: Mapping[str, Path], host: str = "127.0.0.1",
                              f"{' and no '.join(missing)}; add them, or pass --insecure to serve anyway")
     if missing:
         log.warning("serving on %s without %s (--insecure)", host, " and ".join(missing))
+    throwaway = None  # the self-signed certificate's folder, removed when the server stops (a Ctrl-C; a
+    # SIGTERM ends the process where it stands and leaves the certificate, never the key)
     if tls_self_signed:
         hosts = ["localhost", "127.0.0.1"] + ([host] if host not in ("localhost", "127.0.0.1", "0.0.0.0") else [])
-        tls_cert, tls_key, fingerprint = self_signed(Path(tempfile.mkdtemp(prefix="crossfuse-tls-")), hosts)
+        throwaway = Path(tempfile.mkdtemp(prefix="crossfuse-tls-"))
+        tls_cert, tls_key, fingerprint = self_signed(throwaway, hosts)
         print(f"self-signed certificate {tls_cert}\n  SHA-256 fingerprint {fingerprint}\n"
               f"  clients: curl --cacert {tls_cert} ...", flush=True)
     app = create_app(model_dir, indexes, api_keys=keys, max_batch=max_batch, max_wait_ms=max_wait_ms,
@@ -61,10 +65,16 @@ def serve(model_dir: Path, indexes: Mapping[str, Path], host: str = "127.0.0.1",
     config.load()
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    if throwaway is not None:  # the key lives on in the loaded context only; clients still read the certificate
+        Path(tls_key).unlink()
     server = uvicorn.Server(config)
     scheme = "https" if tls else "http"
     print(f"serving {model_dir} at {scheme}://{host}:{port}/ (API docs at /docs; "
           f"{'API keys required' if keys else 'no API keys'}; indexes: {', '.join(indexes) or 'none'})", flush=True)
     if ready is not None:
         ready(f"{scheme}://{host}:{port}")
-    server.run()
+    try:
+        server.run()
+    finally:
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
