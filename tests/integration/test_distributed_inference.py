@@ -148,5 +148,5 @@ def test_ids_repeated_across_chunks_are_warned_about_with_their_rows(served, tmp
                  "--chunk-rows", "10"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "repeat an earlier row's id" in line]
     assert len(warned) == 1 and "1 rows" in warned[0]
-    assert f"row 26 repeats id {str(df.loc[3, 'id'])!r} of row 4" in warned[0]
+    assert f"row 26, column 'id': duplicate id {str(df.loc[3, 'id'])!r} (first at row 4)" in warned[0]
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(df)  # a warning: every row is still predicted

@@ -82,12 +82,15 @@ def _nested_cells(df: pd.DataFrame, columns: Sequence[str]):
     return out
 
 
-def duplicate_ids(df: pd.DataFrame, column: Optional[str], file: str) -> List[Problem]:
-    """Rows whose id repeats an earlier row's (ids name items in predictions and indexes)."""
+def duplicate_ids(df: pd.DataFrame, column: Optional[str], file: str,
+                  first: Optional[Dict[str, int]] = None) -> List[Problem]:
+    """Rows whose id repeats an earlier row's (ids name items in predictions and indexes).
+    ``first``: id -> the 0-based row that had it first, carried from one part of a manifest read
+    in chunks to the next (updated in place), so a repeat across chunks is found too."""
     if not column or column not in df.columns:
         return []
     ids = df[column].astype(str)
-    first = {}
+    first = {} if first is None else first
     problems = []
     for row, v in zip(map(int, df.index), ids.tolist()):
         if v in first:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 import crossfuse
 from crossfuse.config.schema import Config
-from crossfuse.data import Collator, read_manifest, split_frame, unseen_labels
+from crossfuse.data import Collator, duplicate_ids, read_manifest, split_frame, unseen_labels
 from crossfuse.engine.balance import GradientBlend, balanced_loss, gradient_hook
 from crossfuse.engine.baseline import linear_baseline
 from crossfuse.engine.distributed import is_main
@@ -235,7 +235,7 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
     tmp = out_csv.with_name(f".{out_csv.name}.{os.getpid()}.tmp")
     written = 0
     first_row: Dict[str, int] = {}  # id -> the first row that has it, across chunks
-    repeats: List[str] = []
+    repeats: List[Problem] = []
     try:
         with (open(tmp, "w", encoding="utf-8", newline="") if main else contextlib.nullcontext()) as f:
             for chunk in manifest_chunks(manifest, columns, chunk_rows):
@@ -243,10 +243,7 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
                                                  num_workers, progress=True, distributed=True)
                 if main:
                     result.to_csv(f, index=False, header=written == 0)
-                    if id_col and id_col in result.columns:
-                        for row, item in zip(result["row"].tolist(), result[id_col].astype(str).tolist()):
-                            if first_row.setdefault(item, row) != row:
-                                repeats.append(f"row {row} repeats id {item!r} of row {first_row[item]}")
+                    repeats += duplicate_ids(chunk, id_col, str(manifest), first_row)
                 written += len(result)
         if main:
             os.replace(tmp, out_csv)
@@ -254,6 +251,6 @@ def read_and_predict(model_dir: Path, manifest: Path, out_csv: Path, on_bad_item
         if main and tmp.exists():
             tmp.unlink()
     if repeats:
-        log.warning("%s: %d rows repeat an earlier row's id (column '%s'), so the id names more than one row of "
-                    "%s; first: %s", manifest, len(repeats), id_col, out_csv, "; ".join(repeats[:3]))
+        log.warning("%d rows repeat an earlier row's id (column '%s'), so the id names more than one row of %s; "
+                    "first: %s", len(repeats), id_col, out_csv, "; ".join(map(str, repeats[:3])))
     return written
